@@ -1,0 +1,21 @@
+"""tfx-export-archive: Keras models to servable SavedModels, configured by one JSON config.
+
+`ExportConfig` is importable without TensorFlow; `export` and the rest load it on
+first use, so validating a config (e.g. in a pipeline definition) stays cheap.
+"""
+
+from export_archive.config import ConfigError, ExportConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "ExportConfig", "ExportResult", "export", "describe", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("export", "ExportResult"):
+        from export_archive import writer
+        return getattr(writer, name)
+    if name == "describe":
+        from export_archive.describe import describe
+        return describe
+    raise AttributeError(f"module 'export_archive' has no attribute {name!r}")

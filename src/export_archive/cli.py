@@ -1,0 +1,136 @@
+"""The `export-archive` command line: export, check, describe.
+
+    export-archive export --model PATH --config FILE --output DIR [--overwrite]
+    export-archive describe DIR [--json]
+    export-archive check DIR [--json]
+
+User errors (a bad config, a missing model, an existing output) print one
+paragraph and exit with status 2; no traceback. Unexpected failures keep their
+traceback and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from export_archive.config import ConfigError, ExportConfig
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export-archive",
+        description="Export a trained Keras model as a servable SavedModel, check it, "
+                    "or describe a SavedModel's signatures.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("export", help="export a model with the endpoints of a config")
+    exp.add_argument("--model", required=True,
+                     help="a .keras file, an .h5 file, a SavedModel directory, or a TFX "
+                          "Model artifact directory (its Format-Serving/ is used)")
+    exp.add_argument("--config", required=True,
+                     help="the export config: a JSON file, or JSON text")
+    exp.add_argument("--output", required=True, help="directory for the SavedModel")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace a non-empty output directory")
+    exp.add_argument("--schema", help="Schema artifact dir or schema.pbtxt (tf_example endpoints)")
+    exp.add_argument("--transform-graph", help="Transform graph artifact dir (tf_example endpoints)")
+    exp.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    desc = sub.add_parser("describe", help="list a SavedModel's signatures")
+    desc.add_argument("dir", help="SavedModel directory")
+    desc.add_argument("--json", action="store_true", help="print JSON")
+
+    chk = sub.add_parser("check", help="check a SavedModel the way TF Serving loads it")
+    chk.add_argument("dir", help="SavedModel directory")
+    chk.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _user_error(message: str) -> int:
+    print(f"export-archive: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _resolve_model_path(path: str) -> str:
+    # A TFX Model artifact keeps the SavedModel in Format-Serving/ (the layout
+    # tfx.utils.path_utils.serving_model_path reads); accept the artifact root too.
+    serving = os.path.join(path, "Format-Serving")
+    return serving if os.path.isdir(serving) else path
+
+
+def _cmd_export(args) -> int:
+    from export_archive import writer
+    from export_archive.sources import SourceError
+
+    try:
+        config = ExportConfig.parse(
+            args.config if args.config.lstrip().startswith("{") else os.fspath(args.config))
+    except ConfigError as e:
+        return _user_error(str(e))
+    example_builder = None
+    if args.schema or args.transform_graph:
+        try:
+            from export_archive import examples
+        except ImportError:
+            return _user_error("--schema/--transform-graph need tf_example support, which "
+                               "this installation lacks (install the 'tfx' extra).")
+        example_builder = examples.ExampleEndpointBuilder(
+            schema_path=args.schema, transform_graph_path=args.transform_graph)
+    try:
+        result = writer.export(_resolve_model_path(args.model), config, args.output,
+                               overwrite=args.overwrite, example_builder=example_builder)
+    except (ConfigError, SourceError, writer.OutputExistsError) as e:
+        return _user_error(str(e))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"Exported {result.flavor} model to {result.output_dir} "
+              f"({result.size_bytes} bytes); serving_default -> {result.serving_default}")
+        for e in result.endpoints:
+            mode = " (training mode)" if e.training else ""
+            print(f"  endpoint {e.name}{mode}: inputs {e.inputs} -> outputs {e.outputs}")
+        for name, count in result.variable_collections.items():
+            print(f"  variable collection {name}: {count} variables")
+    return 0
+
+
+def _cmd_describe(args) -> int:
+    from export_archive import describe
+    try:
+        signatures = describe.describe(_resolve_model_path(args.dir))
+    except (FileNotFoundError, ValueError) as e:
+        return _user_error(str(e))
+    if args.json:
+        print(json.dumps([s.to_json() for s in signatures], indent=2))
+    else:
+        print(describe.format_signatures(signatures))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from export_archive import check
+    try:
+        report = check.check_saved_model(_resolve_model_path(args.dir))
+    except FileNotFoundError as e:
+        return _user_error(str(e))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.format())
+    return 0 if report.passed else 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"export": _cmd_export, "describe": _cmd_describe, "check": _cmd_check}
+    return command[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""The export config: one JSON format for the TFX component, KFP, the CLI and Python.
+
+This module imports no TensorFlow, so a config can be validated where a pipeline
+is *defined* (a TFX component constructor, a KFP compile step, a CLI argument
+check) without paying TensorFlow's start-up cost.
+
+Example:
+
+>>> cfg = ExportConfig.parse('''{"endpoints": [
+...     {"name": "serve", "input_signature": ["float32[?,3]"]},
+...     {"name": "call_training", "training": true,
+...      "input_signature": ["float32[?,3]"]}]}''')
+>>> cfg.serving_default_name
+'serve'
+>>> ExportConfig.parse(cfg.to_json()) == cfg
+True
+
+Every problem raises `ConfigError`, whose message names the field path
+(``endpoints[1].input_signature[0]``), what was received, what is allowed and
+how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+# Dtype names a signature leaf may use: the names `tf.as_dtype` accepts that TF
+# Serving's TensorProto can carry as an endpoint input.
+DTYPES = (
+    "bfloat16", "bool", "complex64", "complex128", "float16", "float32",
+    "float64", "int8", "int16", "int32", "int64", "string", "uint8",
+    "uint16", "uint32", "uint64",
+)
+
+KIND_FEATURES = "features"
+KIND_TF_EXAMPLE = "tf_example"
+KINDS = (KIND_FEATURES, KIND_TF_EXAMPLE)
+
+FN_CALL = "call"
+FN_SIGNATURE_PREFIX = "signature:"
+
+METHODS = ("predict", "classify", "regress")
+
+VARIABLE_SOURCES = ("optimizer", "trainable", "non_trainable", "all")
+VARIABLE_SOURCE_LAYER_PREFIX = "layer:"
+
+# Attribute names the saved trackable already uses: an endpoint or variable
+# collection with one of these names would silently shadow it on reload.
+RESERVED_NAMES = frozenset({
+    "variables", "trainable_variables", "non_trainable_variables",
+    "signatures", "tensorflow_version", "tensorflow_git_version",
+    "graph_debug_info",
+})
+
+# `tf.saved_model.SaveOptions` arguments that have a JSON representation,
+# with the Python type each must have.
+SAVE_OPTIONS = {
+    "namespace_whitelist": list,
+    "save_debug_info": bool,
+    "experimental_io_device": str,
+    "experimental_variable_policy": str,
+    "experimental_custom_gradients": bool,
+    "experimental_image_format": bool,
+    "experimental_skip_saver": bool,
+}
+VARIABLE_POLICIES = ("none", "save_variable_devices", "expand_distributed_variables")
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_LEAF_RE = re.compile(r"^\s*([a-z0-9]+)\s*\[([^\]]*)\]\s*$")
+_MODULE_ATTR_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A problem in an export config, located by its field path."""
+
+    def __init__(self, path: str, problem: str, received: Any = _MISSING,
+                 allowed: Optional[str] = None, fix: Optional[str] = None):
+        self.path = path
+        self.problem = problem
+        parts = [f"export config field `{path}`: {problem}"]
+        if received is not _MISSING:
+            parts.append(f"received {_show(received)}")
+        if allowed:
+            parts.append(f"allowed: {allowed}")
+        if fix:
+            parts.append(f"fix: {fix}")
+        super().__init__(". ".join(parts) + ".")
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            int: "integer", float: "number", type(None): "null"}.get(
+                type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------
+# Tensor spec leaves: "dtype[dims]".
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecLeaf:
+    """One tensor spec of an input signature, written ``"float32[?,3]"``."""
+    dtype: str
+    shape: Tuple[Optional[int], ...]
+
+    @classmethod
+    def parse(cls, text: Any, path: str) -> "SpecLeaf":
+        example = 'e.g. "float32[?,3]" (? = unknown size, "string[]" = scalar)'
+        if not isinstance(text, str):
+            raise ConfigError(path, f"a tensor spec must be a string, not {_type_name(text)}",
+                              text, 'a "dtype[dims]" string, a list or an object of them',
+                              f"write the spec as a string, {example}")
+        match = _LEAF_RE.match(text)
+        if not match:
+            raise ConfigError(path, "a tensor spec must look like dtype[dims]", text,
+                              '"dtype[dims]" with dims a comma-separated list of sizes or ?',
+                              f"write it {example}")
+        dtype, dims_text = match.group(1), match.group(2).strip()
+        if dtype not in DTYPES:
+            raise ConfigError(path, f"unknown dtype {dtype!r}", text, ", ".join(DTYPES),
+                              "use one of the allowed dtype names")
+        shape: List[Optional[int]] = []
+        if dims_text:
+            for dim in (d.strip() for d in dims_text.split(",")):
+                if dim in ("?", "None"):
+                    shape.append(None)
+                elif dim.isdigit():
+                    shape.append(int(dim))
+                else:
+                    raise ConfigError(path, f"bad dimension {dim!r}", text,
+                                      "non-negative integers or ?",
+                                      f"write unknown sizes as ?, {example}")
+        return cls(dtype, tuple(shape))
+
+    def __str__(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+
+Signature = Union[SpecLeaf, List["Signature"], Dict[str, "Signature"]]
+
+
+def _parse_structure(value: Any, path: str) -> Signature:
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(path, "a nested list of specs must not be empty", value,
+                              "a non-empty list of specs", "remove the empty list or add its specs")
+        return [_parse_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not value:
+            raise ConfigError(path, "a dict of specs must not be empty", value,
+                              "an object mapping input names to specs",
+                              "remove the empty object or add its specs")
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(path, "dict keys must be non-empty strings", key,
+                                  "input names", "name each input")
+            out[key] = _parse_structure(v, f"{path}.{key}")
+        return out
+    return SpecLeaf.parse(value, path)
+
+
+def _dump_structure(value: Signature) -> Any:
+    if isinstance(value, list):
+        return [_dump_structure(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump_structure(v) for k, v in value.items()}
+    return str(value)
+
+
+def parse_signature(value: Any, path: str = "input_signature") -> List[Signature]:
+    """Parses an input signature: a list with one entry per positional argument."""
+    if not isinstance(value, list):
+        raise ConfigError(path, "input_signature must be a list with one entry per "
+                          "positional argument", value, 'an array, e.g. ["float32[?,3]"]',
+                          "wrap the spec in a list")
+    if not value:
+        raise ConfigError(path, "input_signature must not be empty", value,
+                          "at least one positional argument",
+                          "list the inputs, or omit input_signature to infer it from the model")
+    return [_parse_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+# --------------------------------------------------------------------------
+# Small typed readers for the JSON objects.
+
+
+class _Reader:
+    """Reads the fields of one JSON object, tracking which ones were used."""
+
+    def __init__(self, obj: Any, path: str, what: str, allowed: Tuple[str, ...]):
+        if not isinstance(obj, dict):
+            raise ConfigError(path or "<root>", f"{what} must be a JSON object, not "
+                              f"{_type_name(obj)}", obj, "an object", f"write {what} as {{...}}")
+        unknown = [k for k in obj if k not in allowed]
+        if unknown:
+            raise ConfigError(_join(path, str(unknown[0])), f"unknown field in {what}",
+                              unknown[0], ", ".join(allowed),
+                              "remove it or correct its spelling")
+        self.obj, self.path = obj, path
+
+    def get(self, key: str, kind: type, default: Any = _MISSING, required: bool = False):
+        path = _join(self.path, key)
+        if key not in self.obj:
+            if required:
+                raise ConfigError(path, "required field is missing", fix=f"add `{key}`")
+            return default
+        value = self.obj[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(path, f"must be {_kind_name(kind)}, not {_type_name(value)}",
+                              value, _kind_name(kind), f"write `{key}` as {_kind_name(kind)}")
+        return value
+
+    def name(self, key: str, required: bool = True, default=None) -> Optional[str]:
+        value = self.get(key, str, default=default, required=required)
+        if value is None:
+            return None
+        if not _NAME_RE.match(value):
+            raise ConfigError(_join(self.path, key), "not a valid name", value,
+                              "a letter followed by letters, digits or _ (it becomes a "
+                              "signature key and a Python attribute)", "rename it, e.g. "
+                              f"{_suggest_name(value)!r}")
+        return value
+
+    def strings(self, key: str) -> Tuple[str, ...]:
+        values = self.get(key, list, default=[])
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{_join(self.path, key)}[{i}]", "must be a non-empty string",
+                                  v, "strings", "write each entry as a string")
+        return tuple(values)
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", bool: "a boolean (true/false)", list: "an array",
+            dict: "an object", int: "an integer"}[kind]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _suggest_name(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", value).lstrip("_0123456789")
+    return cleaned or "serve"
+
+
+def _one_of(path: str, value: str, allowed: Tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ConfigError(path, f"unknown {what}", value, ", ".join(allowed),
+                          f"use one of the allowed values")
+    return value
+
+
+# --------------------------------------------------------------------------
+# The config objects.
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointConfig:
+    """One serving endpoint (one SavedModel signature and one reloadable method)."""
+    name: str
+    fn: str = FN_CALL
+    kind: str = KIND_FEATURES
+    training: bool = False
+    input_signature: Optional[Tuple[Signature, ...]] = None
+    output_keys: Optional[Tuple[str, ...]] = None
+    transform: bool = False
+    exclude_features: Tuple[str, ...] = ()
+    method: str = "predict"
+
+    FIELDS = ("name", "fn", "kind", "training", "input_signature", "output_keys",
+              "transform", "exclude_features", "method")
+
+    @property
+    def is_call(self) -> bool:
+        return self.fn == FN_CALL
+
+    @property
+    def signature_name(self) -> Optional[str]:
+        """For ``fn: "signature:NAME"``, the source signature's NAME."""
+        if self.fn.startswith(FN_SIGNATURE_PREFIX):
+            return self.fn[len(FN_SIGNATURE_PREFIX):]
+        return None
+
+    @property
+    def factory(self) -> Optional[Tuple[str, str]]:
+        """For ``fn: "module:attr"``, the (module, attribute) pair."""
+        if self.is_call or self.signature_name is not None:
+            return None
+        module, attr = self.fn.split(":")
+        return module, attr
+
+    @classmethod
+    def from_json(cls, obj: Any, path: str) -> "EndpointConfig":
+        r = _Reader(obj, path, "an endpoint", cls.FIELDS)
+        name = r.name("name")
+        fn = r.get("fn", str, default=FN_CALL)
+        if fn != FN_CALL:
+            if fn.startswith(FN_SIGNATURE_PREFIX):
+                if not fn[len(FN_SIGNATURE_PREFIX):]:
+                    raise ConfigError(_join(path, "fn"), "signature name is empty", fn,
+                                      '"signature:NAME"', 'write e.g. "signature:serving_default"')
+            elif not _MODULE_ATTR_RE.match(fn):
+                raise ConfigError(_join(path, "fn"), "unknown endpoint function", fn,
+                                  '"call", "signature:NAME" or "module.path:factory"',
+                                  'use "call" for the model itself, or name a factory '
+                                  'as "my_module:make_serving_fn"')
+        kind = _one_of(_join(path, "kind"), r.get("kind", str, default=KIND_FEATURES),
+                       KINDS, "endpoint kind")
+        training = r.get("training", bool, default=False)
+        if training and fn != FN_CALL:
+            raise ConfigError(_join(path, "training"), "training applies only to "
+                              '`fn: "call"`', training, 'true only with fn "call"',
+                              "remove `training`, or set fn to \"call\"")
+        signature = None
+        if "input_signature" in r.obj:
+            if kind == KIND_TF_EXAMPLE:
+                raise ConfigError(_join(path, "input_signature"), "a tf_example endpoint has a "
+                                  "fixed input (one string[?] of serialized tf.Examples)",
+                                  r.obj["input_signature"], "no input_signature with kind "
+                                  "tf_example", "remove input_signature")
+            signature = tuple(parse_signature(r.obj["input_signature"],
+                                              _join(path, "input_signature")))
+        output_keys = None
+        if "output_keys" in r.obj:
+            output_keys = r.strings("output_keys")
+            if not output_keys:
+                raise ConfigError(_join(path, "output_keys"), "must not be empty", [],
+                                  "one key per output", "list the keys, or omit the field")
+            dup = _first_duplicate(output_keys)
+            if dup is not None:
+                raise ConfigError(_join(path, "output_keys"), "duplicate output key", dup,
+                                  "distinct keys", "rename one of them")
+        example_only = {"transform": r.get("transform", bool, default=False),
+                        "exclude_features": r.strings("exclude_features"),
+                        "method": r.get("method", str, default="predict")}
+        _one_of(_join(path, "method"), example_only["method"], METHODS, "method")
+        if kind != KIND_TF_EXAMPLE:
+            for key in ("transform", "exclude_features", "method"):
+                if key in r.obj:
+                    raise ConfigError(_join(path, key), f"`{key}` applies only to "
+                                      "tf_example endpoints", r.obj[key],
+                                      '`"kind": "tf_example"` endpoints',
+                                      f'add "kind": "tf_example", or remove `{key}`')
+        return cls(name=name, fn=fn, kind=kind, training=training,
+                   input_signature=signature, output_keys=output_keys, **example_only)
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name}
+        if self.fn != FN_CALL:
+            out["fn"] = self.fn
+        if self.kind != KIND_FEATURES:
+            out["kind"] = self.kind
+        if self.training:
+            out["training"] = True
+        if self.input_signature is not None:
+            out["input_signature"] = [_dump_structure(s) for s in self.input_signature]
+        if self.output_keys is not None:
+            out["output_keys"] = list(self.output_keys)
+        if self.kind == KIND_TF_EXAMPLE:
+            if self.transform:
+                out["transform"] = True
+            if self.exclude_features:
+                out["exclude_features"] = list(self.exclude_features)
+            if self.method != "predict":
+                out["method"] = self.method
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableCollectionConfig:
+    """Variables saved under ``name`` on the reloaded object (e.g. optimizer state)."""
+    name: str
+    source: str
+
+    @property
+    def layer_name(self) -> Optional[str]:
+        if self.source.startswith(VARIABLE_SOURCE_LAYER_PREFIX):
+            return self.source[len(VARIABLE_SOURCE_LAYER_PREFIX):]
+        return None
+
+    @classmethod
+    def from_json(cls, obj: Any, path: str) -> "VariableCollectionConfig":
+        r = _Reader(obj, path, "a variable collection", ("name", "source"))
+        name = r.name("name")
+        source = r.get("source", str, required=True)
+        is_layer = source.startswith(VARIABLE_SOURCE_LAYER_PREFIX) and len(source) > len(
+            VARIABLE_SOURCE_LAYER_PREFIX)
+        if source not in VARIABLE_SOURCES and not is_layer:
+            raise ConfigError(_join(path, "source"), "unknown variable source", source,
+                              ", ".join(VARIABLE_SOURCES) + ", layer:NAME",
+                              'use e.g. "optimizer" or "layer:dense_1"')
+        return cls(name=name, source=source)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "source": self.source}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """A parsed, validated export config.
+
+    Build one with `ExportConfig.parse` from JSON text, a dict, a path to a JSON
+    file, or another `ExportConfig`; `to_json` gives back text that parses to an
+    equal config.
+    """
+    endpoints: Tuple[EndpointConfig, ...]
+    serving_default: Optional[str] = None
+    variable_collections: Tuple[VariableCollectionConfig, ...] = ()
+    save_options: Tuple[Tuple[str, Any], ...] = ()
+    import_modules: Tuple[str, ...] = ()
+    allow_unsafe_deserialization: bool = False
+    check: Tuple[Tuple[str, Any], ...] = ()
+
+    FIELDS = ("endpoints", "serving_default", "variable_collections", "save_options",
+              "import_modules", "allow_unsafe_deserialization", "check")
+
+    # ---- construction
+
+    @classmethod
+    def parse(cls, source: Union["ExportConfig", Dict[str, Any], str, os.PathLike]) -> "ExportConfig":
+        """Parses JSON text, a dict, a JSON file path or an `ExportConfig`."""
+        if isinstance(source, ExportConfig):
+            return source
+        if isinstance(source, os.PathLike):
+            return cls._from_file(os.fspath(source))
+        if isinstance(source, (str, bytes)):
+            text = source.decode() if isinstance(source, bytes) else source
+            stripped = text.lstrip()
+            if not stripped.startswith(("{", "[")) and stripped:
+                return cls._from_file(text)
+            try:
+                source = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError("<root>", f"not valid JSON ({e.msg} at line {e.lineno} "
+                                  f"column {e.colno})", text,
+                                  "a JSON object", "fix the JSON syntax") from None
+        return cls.from_json(source)
+
+    @classmethod
+    def _from_file(cls, path: str) -> "ExportConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError("<file>", f"cannot read config file ({e.strerror})", path,
+                              "a readable JSON file, JSON text or a dict",
+                              "check the path") from None
+        try:
+            return cls.parse(text if text.strip() else "{}")
+        except ConfigError as e:
+            raise ConfigError(e.path, f"{e.problem} (in {path})") from None
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "ExportConfig":
+        r = _Reader(obj, "", "the export config", cls.FIELDS)
+        raw_endpoints = r.get("endpoints", list, required=True)
+        if not raw_endpoints:
+            raise ConfigError("endpoints", "at least one endpoint is required", [],
+                              "a non-empty array of endpoints",
+                              'add e.g. {"name": "serve"}')
+        endpoints = tuple(EndpointConfig.from_json(e, f"endpoints[{i}]")
+                          for i, e in enumerate(raw_endpoints))
+        collections = tuple(
+            VariableCollectionConfig.from_json(c, f"variable_collections[{i}]")
+            for i, c in enumerate(r.get("variable_collections", list, default=[])))
+        _check_names(endpoints, collections)
+
+        serving_default = r.name("serving_default", required=False)
+        names = [e.name for e in endpoints]
+        if serving_default is not None:
+            if serving_default not in names:
+                raise ConfigError("serving_default", "names no endpoint", serving_default,
+                                  ", ".join(names), "name one of the endpoints")
+            if "serving_default" in names and serving_default != "serving_default":
+                raise ConfigError("serving_default", "an endpoint is already named "
+                                  "serving_default, so it is the default", serving_default,
+                                  '"serving_default" or omit the field',
+                                  "rename that endpoint, or drop this field")
+
+        save_options = _parse_save_options(r.get("save_options", dict, default={}))
+        modules = r.strings("import_modules")
+        for i, m in enumerate(modules):
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", m):
+                raise ConfigError(f"import_modules[{i}]", "not a module name", m,
+                                  "a dotted Python module path", 'write e.g. "my_pkg.layers"')
+        unsafe = r.get("allow_unsafe_deserialization", bool, default=False)
+        check = _parse_check(r.get("check", dict, default={}))
+        return cls(endpoints=endpoints, serving_default=serving_default,
+                   variable_collections=collections, save_options=save_options,
+                   import_modules=modules, allow_unsafe_deserialization=unsafe, check=check)
+
+    # ---- serialization
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"endpoints": [e.to_json() for e in self.endpoints]}
+        if self.serving_default is not None:
+            out["serving_default"] = self.serving_default
+        if self.variable_collections:
+            out["variable_collections"] = [c.to_json() for c in self.variable_collections]
+        if self.save_options:
+            out["save_options"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                   for k, v in self.save_options}
+        if self.import_modules:
+            out["import_modules"] = list(self.import_modules)
+        if self.allow_unsafe_deserialization:
+            out["allow_unsafe_deserialization"] = True
+        if self.check:
+            out["check"] = dict(self.check)
+        return out
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    # ---- derived facts
+
+    @property
+    def serving_default_name(self) -> str:
+        """The endpoint TF Serving calls by default (the seed's rule when unset).
+
+        An endpoint named ``serving_default`` is the default; otherwise the
+        `serving_default` field; otherwise the first endpoint.
+        """
+        names = [e.name for e in self.endpoints]
+        if "serving_default" in names:
+            return "serving_default"
+        return self.serving_default or names[0]
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        for e in self.endpoints:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    @property
+    def save_options_dict(self) -> Dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.save_options}
+
+    @property
+    def check_dict(self) -> Dict[str, Any]:
+        return dict(self.check)
+
+
+def _first_duplicate(values) -> Optional[str]:
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def _check_names(endpoints, collections) -> None:
+    seen: Dict[str, str] = {}
+    entries = [(f"endpoints[{i}].name", e.name) for i, e in enumerate(endpoints)]
+    entries += [(f"variable_collections[{i}].name", c.name) for i, c in enumerate(collections)]
+    for path, name in entries:
+        if name in RESERVED_NAMES:
+            raise ConfigError(path, "name is reserved by the SavedModel object", name,
+                              "any other name; reserved: " + ", ".join(sorted(RESERVED_NAMES)),
+                              f"rename it, e.g. {name + '_fn' if path.startswith('endpoints') else 'my_' + name!r}")
+        if name in seen:
+            raise ConfigError(path, f"name already used by `{seen[name]}`", name,
+                              "names unique across endpoints and variable collections",
+                              "rename one of them")
+        seen[name] = path
+
+
+def _parse_save_options(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    out = []
+    for key, value in obj.items():
+        path = f"save_options.{key}"
+        if key not in SAVE_OPTIONS:
+            raise ConfigError(path, "unknown SaveOptions argument", key,
+                              ", ".join(SAVE_OPTIONS), "remove it or correct its spelling")
+        kind = SAVE_OPTIONS[key]
+        if not isinstance(value, kind):
+            raise ConfigError(path, f"must be {_kind_name(kind)}", value, _kind_name(kind),
+                              f"write `{key}` as {_kind_name(kind)}")
+        if key == "namespace_whitelist":
+            for i, v in enumerate(value):
+                if not isinstance(v, str) or not v:
+                    raise ConfigError(f"{path}[{i}]", "must be a non-empty string", v,
+                                      "op namespace names", 'write e.g. "Addons"')
+            value = tuple(value)
+        if key == "experimental_variable_policy":
+            _one_of(path, value, VARIABLE_POLICIES, "variable policy")
+        out.append((key, value))
+    return tuple(out)
+
+
+# The serving-check options (see the `check` module). Parsed here so that a bad
+# option fails at pipeline definition like any other field.
+CHECK_OPTIONS = {"mode": str, "rtol": (int, float), "atol": (int, float),
+                 "warmup": bool, "enabled": bool}
+CHECK_MODES = ("fail", "warn")
+
+
+def _parse_check(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    out = []
+    for key, value in obj.items():
+        path = f"check.{key}"
+        if key not in CHECK_OPTIONS:
+            raise ConfigError(path, "unknown check option", key, ", ".join(CHECK_OPTIONS),
+                              "remove it or correct its spelling")
+        kind = CHECK_OPTIONS[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(path, "wrong type", value,
+                              "a number" if isinstance(kind, tuple) else _kind_name(kind),
+                              f"correct `{key}`")
+        if key == "mode":
+            _one_of(path, value, CHECK_MODES, "check mode")
+        if key in ("rtol", "atol") and value < 0:
+            raise ConfigError(path, "tolerance must not be negative", value, ">= 0",
+                              "use a tolerance such as 1e-5")
+        out.append((key, value))
+    return tuple(out)

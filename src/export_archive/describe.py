@@ -1,0 +1,79 @@
+"""Describe a SavedModel's signatures as TF Serving sees them (from `saved_model.pb`).
+
+Reads the MetaGraphDef tagged ``serve`` directly from the proto, so it needs no
+model code, loads no variables and works on any SavedModel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List
+
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+SERVE_TAG = "serve"
+
+
+@dataclasses.dataclass
+class SignatureInfo:
+    name: str
+    method_name: str
+    inputs: Dict[str, str]     # key -> "dtype[dims]"
+    outputs: Dict[str, str]
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def _tensor_info_text(info) -> str:
+    dtype = tf.as_dtype(info.dtype).name if info.dtype else "unknown"
+    if info.tensor_shape.unknown_rank:
+        return f"{dtype}[*]"
+    dims = ",".join("?" if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)
+    return f"{dtype}[{dims}]"
+
+
+def read_saved_model_proto(export_dir: str) -> saved_model_pb2.SavedModel:
+    path = os.path.join(export_dir, "saved_model.pb")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
+                                f"{path} does not exist.")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    return proto
+
+
+def serve_meta_graph(proto: saved_model_pb2.SavedModel):
+    for meta_graph in proto.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return meta_graph
+    tags = [list(m.meta_info_def.tags) for m in proto.meta_graphs]
+    raise ValueError(f"The SavedModel has no MetaGraph tagged {SERVE_TAG!r} "
+                     f"(TF Serving loads that one); it has tag sets {tags}.")
+
+
+def describe(export_dir: str) -> List[SignatureInfo]:
+    """Lists the SavedModel's signatures (name, method, inputs, outputs), sorted by name."""
+    meta_graph = serve_meta_graph(read_saved_model_proto(export_dir))
+    out = []
+    for name in sorted(meta_graph.signature_def):
+        sig = meta_graph.signature_def[name]
+        out.append(SignatureInfo(
+            name=name, method_name=sig.method_name,
+            inputs={k: _tensor_info_text(v) for k, v in sorted(sig.inputs.items())},
+            outputs={k: _tensor_info_text(v) for k, v in sorted(sig.outputs.items())}))
+    return out
+
+
+def format_signatures(signatures: List[SignatureInfo]) -> str:
+    lines = []
+    for sig in signatures:
+        lines.append(f"signature {sig.name!r} ({sig.method_name})")
+        for key, spec in sig.inputs.items():
+            lines.append(f"  input  {key}: {spec}")
+        for key, spec in sig.outputs.items():
+            lines.append(f"  output {key}: {spec}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Endpoint builders: one `EndpointConfig` + a `ModelSource` -> (function, input signature).
+
+The result is exactly what `ExportArchive.add_endpoint(name, fn, input_signature)`
+takes. Kinds other than plain features (``tf_example``) are built by
+`export_archive.examples`, which needs a feature spec from outside the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, List, Optional, Tuple
+
+import tensorflow as tf
+
+from export_archive.config import ConfigError, EndpointConfig, SpecLeaf
+from export_archive.sources import ModelSource
+
+
+def leaf_to_tensor_spec(leaf: SpecLeaf, name: Optional[str] = None) -> tf.TensorSpec:
+    return tf.TensorSpec(shape=leaf.shape, dtype=tf.as_dtype(leaf.dtype), name=name)
+
+
+def signature_to_tensor_specs(signature) -> List[Any]:
+    """Config signature (nested SpecLeaf) -> nested `tf.TensorSpec`, dict keys as names."""
+    def convert(node, name=None):
+        if isinstance(node, list):
+            return [convert(n) for n in node]
+        if isinstance(node, dict):
+            return {k: convert(v, k) for k, v in node.items()}
+        return leaf_to_tensor_spec(node, name)
+    return [convert(s) for s in signature]
+
+
+def tensor_spec_to_leaf(spec: tf.TensorSpec) -> SpecLeaf:
+    dims = tuple(None if d is None else int(d) for d in spec.shape.as_list()) \
+        if spec.shape.rank is not None else ()
+    return SpecLeaf(spec.dtype.name, dims)
+
+
+def build(endpoint: EndpointConfig, source: ModelSource, where: str,
+          example_builder: Optional[Callable] = None) -> Tuple[Callable, List[Any]]:
+    """Returns ``(fn, input_signature)`` for one endpoint."""
+    if endpoint.kind == "tf_example":
+        if example_builder is None:
+            raise ConfigError(f"{where}.kind", "a tf_example endpoint needs a feature spec: "
+                              "give a Schema or a Transform graph", "tf_example",
+                              "a schema (--schema / schema=) or transform graph "
+                              "(--transform-graph / transform_graph=)",
+                              "pass the Schema or TransformGraph artifact to the exporter")
+        fn, signature = example_builder(endpoint, source, where)
+    elif endpoint.is_call:
+        fn = source.call_fn(endpoint.training, where)
+        signature = (signature_to_tensor_specs(endpoint.input_signature)
+                     if endpoint.input_signature is not None
+                     else source.infer_input_signature(where))
+    elif endpoint.signature_name is not None:
+        fn, signature = _signature_endpoint(endpoint, source, where)
+    else:
+        fn, signature = _factory_endpoint(endpoint, source, where)
+    if endpoint.output_keys is not None:
+        fn = _with_output_keys(fn, endpoint.output_keys, where)
+    return fn, signature
+
+
+def _signature_endpoint(endpoint, source, where):
+    concrete = source.signature(endpoint.signature_name, where)
+    # Signature functions take keyword arguments only; the endpoint takes them as one dict.
+    specs = dict(concrete.structured_input_signature[1])
+    if endpoint.input_signature is not None:
+        given = signature_to_tensor_specs(endpoint.input_signature)
+        if len(given) != 1 or not isinstance(given[0], dict) or set(given[0]) != set(specs):
+            raise ConfigError(f"{where}.input_signature", "a signature endpoint takes one "
+                              "object of the signature's inputs", [str(g) for g in given],
+                              "{" + ", ".join(f'"{k}": ...' for k in specs) + "}",
+                              "omit input_signature to use the signature's own")
+        specs = given[0]
+    return (lambda inputs: concrete(**inputs)), [specs]
+
+
+def _factory_endpoint(endpoint, source, where):
+    module_name, attr = endpoint.factory
+    path = f"{where}.fn"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(path, f"cannot import module {module_name!r} ({e})", endpoint.fn,
+                          "an importable module (module_file / PYTHONPATH)",
+                          "install or ship the module, or fix the name") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(path, f"module {module_name!r} has no callable {attr!r}",
+                          endpoint.fn, "a function taking the model",
+                          f"define `def {attr}(model): ...` in {module_name}")
+    made = factory(source.obj)
+    signature = None
+    if isinstance(made, tuple) and len(made) == 2:
+        made, signature = made
+    if not callable(made):
+        raise ConfigError(path, "the factory did not return a function", type(made).__name__,
+                          "a tf.function, or (callable, input_signature)",
+                          "return the serving function from the factory")
+    if endpoint.input_signature is not None:
+        signature = signature_to_tensor_specs(endpoint.input_signature)
+    if signature is None:
+        signature = _traced_signature(made)
+    if signature is None:
+        raise ConfigError(f"{where}.input_signature", "the factory's function has no known "
+                          "input signature", endpoint.fn,
+                          "a traced tf.function, one with input_signature, or "
+                          "(callable, input_signature)", "give input_signature in the config")
+    # A tf.function passed with a signature would be wrapped again; use its Python function.
+    python_fn = getattr(made, "python_function", made)
+    return python_fn, list(signature)
+
+
+def _traced_signature(fn) -> Optional[List[Any]]:
+    if getattr(fn, "input_signature", None) is not None:
+        return list(fn.input_signature)
+    # `_list_all_concrete_functions` is how ExportArchive itself finds the trace of
+    # a tf.function that was "called at least once" (the reference's contract).
+    lister = getattr(fn, "_list_all_concrete_functions", None)
+    traces = lister() if lister else []
+    if traces:
+        # A function traced once on a sample batch has that batch size baked in;
+        # a serving endpoint must accept any batch, so the leading dim is relaxed.
+        return tf.nest.map_structure(_relax_batch_dim,
+                                     list(traces[0].structured_input_signature[0]))
+    return None
+
+
+def _relax_batch_dim(spec):
+    if isinstance(spec, tf.TensorSpec) and spec.shape.rank:
+        return tf.TensorSpec([None] + spec.shape.as_list()[1:], spec.dtype, spec.name)
+    return spec
+
+
+def _with_output_keys(fn, keys, where):
+    def keyed(*args):
+        outputs = fn(*args)
+        flat = tf.nest.flatten(outputs)
+        if len(flat) != len(keys):
+            raise ConfigError(f"{where}.output_keys", f"the endpoint has {len(flat)} "
+                              f"output(s) but {len(keys)} key(s) were given", list(keys),
+                              f"exactly {len(flat)} key(s)", "list one key per output")
+        return dict(zip(keys, flat))
+    return keyed

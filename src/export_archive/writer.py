@@ -1,0 +1,194 @@
+"""`export(model, config, output_dir)`: build the archive and write it atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import tensorflow as tf
+from absl import logging
+
+from export_archive import archive, describe, endpoints
+from export_archive.config import ExportConfig
+from export_archive.sources import ModelSource
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+@dataclasses.dataclass
+class EndpointResult:
+    name: str
+    method_name: str
+    inputs: Dict[str, str]
+    outputs: Dict[str, str]
+    kind: str = "features"
+    training: bool = False
+    is_serving_default: bool = False
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export` wrote: the endpoints with their specs, and check results."""
+    output_dir: str
+    flavor: str
+    serving_default: str
+    endpoints: List[EndpointResult]
+    variable_collections: Dict[str, int]
+    size_bytes: int
+    checks: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def endpoint_names(self) -> List[str]:
+        return [e.name for e in self.endpoints]
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_archive(source: ModelSource, config: ExportConfig,
+                  example_builder: Optional[Callable] = None):
+    """Creates and fills the ExportArchive for `source` as `config` says (no I/O)."""
+    source.check_built()
+    export_archive = archive.archive_class(source.flavor)()
+    for trackable in source.trackables():
+        export_archive.track(trackable)
+    for i, endpoint in enumerate(config.endpoints):
+        where = f"endpoints[{i}]"
+        fn, signature = endpoints.build(endpoint, source, where, example_builder)
+        export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
+    collections = {}
+    for i, collection in enumerate(config.variable_collections):
+        variables = source.variables_for(collection, f"variable_collections[{i}]")
+        export_archive.add_variable_collection(collection.name, variables)
+        collections[collection.name] = len(variables)
+    return export_archive, collections
+
+
+def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
+           overwrite: bool = False, example_builder: Optional[Callable] = None) -> ExportResult:
+    """Exports `model` as a SavedModel with the endpoints `config` describes.
+
+    Args:
+      model: a Keras 3 model/layer, a tf_keras model, a `tf.Module`, or a path to
+        a ``.keras`` file, an ``.h5`` file or a SavedModel directory.
+      config: an `ExportConfig`, a dict, JSON text or a JSON file path.
+      output_dir: where the SavedModel goes (``output_dir/saved_model.pb``).
+      overwrite: replace a non-empty `output_dir` (otherwise refused).
+      example_builder: builds ``kind: tf_example`` endpoints (see `examples`).
+
+    The SavedModel is written to a sibling temporary directory and renamed into
+    place, so a failed or killed export never leaves a half-written model at
+    `output_dir`.
+    """
+    config = ExportConfig.parse(config)
+    output_dir = os.fspath(output_dir)
+    _refuse_existing(output_dir, overwrite)
+    source = ModelSource.wrap(model, config)
+    export_archive, collections = build_archive(source, config, example_builder)
+    options = tf.saved_model.SaveOptions(**config.save_options_dict)
+    serving_default = config.serving_default_name
+    _write_atomically(
+        output_dir,
+        lambda path: export_archive.write_out(path, options=options,
+                                              serving_default=serving_default))
+    logging.info("Exported %s model to %s with endpoints %s (serving_default=%s)",
+                 source.flavor, output_dir, [e.name for e in config.endpoints], serving_default)
+    return _result(output_dir, source, config, collections)
+
+
+def _result(output_dir, source, config, collections) -> ExportResult:
+    signatures = {s.name: s for s in describe.describe(output_dir)}
+    serving_default = config.serving_default_name
+    results = []
+    for e in config.endpoints:
+        sig = signatures[e.name]
+        results.append(EndpointResult(
+            name=e.name, method_name=sig.method_name, inputs=sig.inputs, outputs=sig.outputs,
+            kind=e.kind, training=e.training, is_serving_default=(e.name == serving_default)))
+    return ExportResult(output_dir=output_dir, flavor=source.flavor,
+                        serving_default=serving_default, endpoints=results,
+                        variable_collections=collections, size_bytes=directory_size(output_dir))
+
+
+def directory_size(path: str) -> int:
+    total = 0
+    for dirname, _, files in tf.io.gfile.walk(path):
+        for name in files:
+            total += tf.io.gfile.stat(os.path.join(dirname, name)).length
+    return total
+
+
+# ---- atomic output
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _refuse_existing(output_dir: str, overwrite: bool) -> None:
+    if overwrite or not tf.io.gfile.exists(output_dir):
+        return
+    if not tf.io.gfile.isdir(output_dir):
+        raise OutputExistsError(f"Output path {output_dir} exists and is not a directory.")
+    if tf.io.gfile.listdir(output_dir):
+        raise OutputExistsError(
+            f"Output directory {output_dir} is not empty. Choose a new directory, or pass "
+            "overwrite=True (CLI: --overwrite) to replace its contents.")
+
+
+def _write_atomically(output_dir: str, write: Callable[[str], None]) -> None:
+    if _is_remote(output_dir):
+        _write_remote(output_dir, write)
+        return
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    base = os.path.basename(os.path.abspath(output_dir))
+    staging = os.path.join(parent, f".{base}.tmp-{token}")
+    try:
+        write(staging)
+        if os.path.exists(output_dir):
+            # Move the old export aside first: a rename is the only step a reader
+            # (TF Serving, Pusher) can observe, and it sees old or new, never a mix.
+            retired = os.path.join(parent, f".{base}.old-{token}")
+            os.rename(output_dir, retired)
+            os.rename(staging, output_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, output_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_remote(output_dir: str, write: Callable[[str], None]) -> None:
+    # Object stores have no directory rename: write locally, then copy with
+    # saved_model.pb last, since its appearance is what marks a SavedModel complete
+    # (TF Serving polls for it; Pusher copies it last for the same reason).
+    local = tempfile.mkdtemp(prefix="export-archive-")
+    try:
+        write(os.path.join(local, "m"))
+        if tf.io.gfile.exists(output_dir):
+            tf.io.gfile.rmtree(output_dir)
+        root = os.path.join(local, "m")
+        last = None
+        for dirname, _, files in tf.io.gfile.walk(root):
+            rel = os.path.relpath(dirname, root)
+            target_dir = output_dir if rel == "." else f"{output_dir}/{rel}"
+            tf.io.gfile.makedirs(target_dir)
+            for name in files:
+                src, dst = os.path.join(dirname, name), f"{target_dir}/{name}"
+                if rel == "." and name == "saved_model.pb":
+                    last = (src, dst)
+                    continue
+                tf.io.gfile.copy(src, dst, overwrite=True)
+        if last:
+            tf.io.gfile.copy(*last, overwrite=True)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
