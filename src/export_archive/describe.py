@@ -60,6 +60,8 @@ def describe(export_dir: str) -> List[SignatureInfo]:
     meta_graph = serve_meta_graph(read_saved_model_proto(export_dir))
     out = []
     for name in sorted(meta_graph.signature_def):
+        if name.startswith("__"):
+            continue  # TF-internal (e.g. __saved_model_init_op); TF Serving hides these too.
         sig = meta_graph.signature_def[name]
         out.append(SignatureInfo(
             name=name, method_name=sig.method_name,

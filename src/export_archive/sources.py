@@ -89,11 +89,11 @@ class ModelSource:
         if self.flavor in (KERAS3, TF_KERAS):
             model = self.obj
             return lambda *args: model(*args, training=training)
-        call = getattr(self.obj, "__call__", None)
+        call = self._restored_call()
         if not _is_restored_function(call):
             raise ConfigError(
                 f"{where}.fn", "this SavedModel has no call function (it was saved "
-                "without a traced __call__)", "call",
+                "without a traced __call__ or serve function)", "call",
                 '"signature:NAME" with one of: ' + ", ".join(sorted(self.signature_names()))
                 or "(none)", 'use fn "signature:NAME" instead of "call"')
         if training and not _has_training_trace(call, True):
@@ -105,6 +105,15 @@ class ModelSource:
         if _accepts_training(call):
             return lambda *args: call(*args, training=training)
         return call
+
+    def _restored_call(self):
+        """The restored function that is "the model": `__call__` (tf.saved_model.save
+        of a Keras 2 model or tf.Module) or else `serve` (Keras 3 `model.export`)."""
+        for attr in ("__call__", "serve"):
+            fn = getattr(self.obj, attr, None)
+            if _is_restored_function(fn):
+                return fn
+        return None
 
     def signature_names(self) -> List[str]:
         sigs = getattr(self.obj, "signatures", None)
@@ -130,9 +139,18 @@ class ModelSource:
                 if spec is None:
                     raise ValueError("the model was never called")
                 return [spec]
-            call = getattr(self.obj, "__call__", None)
+            call = self._restored_call()
             if _is_restored_function(call):
-                return list(_first_trace(call).structured_input_signature[0])
+                # Keras-saved call functions also take (training, mask) positionally:
+                # the model inputs are the leading arguments that hold tensor specs.
+                args = _first_trace(call).structured_input_signature[0]
+                inputs = []
+                for arg in args:
+                    if not tf.nest.flatten(arg) or not all(
+                            isinstance(s, tf.TensorSpec) for s in tf.nest.flatten(arg)):
+                        break
+                    inputs.append(arg)
+                return inputs
             raise ValueError("the SavedModel has no traced __call__")
         except (TypeError, ValueError, AttributeError) as e:
             raise ConfigError(
