@@ -54,6 +54,9 @@ RESERVED_NAMES = frozenset({
     "variables", "trainable_variables", "non_trainable_variables",
     "signatures", "tensorflow_version", "tensorflow_git_version",
     "graph_debug_info",
+    # tf_keras's ExportArchive is itself the saved object: an endpoint named like
+    # one of its methods replaces the method (and breaks the export).
+    "add_endpoint", "add_variable_collection", "concrete_endpoint", "track", "write_out",
 })
 
 # `tf.saved_model.SaveOptions` arguments that have a JSON representation,
@@ -67,12 +70,12 @@ SAVE_OPTIONS = {
     "experimental_image_format": bool,
     "experimental_skip_saver": bool,
 }
-VARIABLE_POLICIES = ("none", "save_variable_devices", "expand_distributed_variables")
+VARIABLE_POLICIES = ("save_variable_devices", "expand_distributed_variables")
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\Z")
 _LEAF_RE = re.compile(r"^\s*([a-z0-9]+)\s*\[([^\]]*)\]\s*$")
 _MODULE_ATTR_RE = re.compile(
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
 _MISSING = object()
 
 
@@ -83,6 +86,7 @@ class ConfigError(ValueError):
                  allowed: Optional[str] = None, fix: Optional[str] = None):
         self.path = path
         self.problem = problem
+        self.received, self.allowed, self.fix = received, allowed, fix
         parts = [f"export config field `{path}`: {problem}"]
         if received is not _MISSING:
             parts.append(f"received {_show(received)}")
@@ -138,7 +142,7 @@ class SpecLeaf:
             for dim in (d.strip() for d in dims_text.split(",")):
                 if dim in ("?", "None"):
                     shape.append(None)
-                elif dim.isdigit():
+                elif dim.isascii() and dim.isdigit() and len(dim) <= 18:
                     shape.append(int(dim))
                 else:
                     raise ConfigError(path, f"bad dimension {dim!r}", text,
@@ -209,7 +213,7 @@ class _Reader:
                               f"{_type_name(obj)}", obj, "an object", f"write {what} as {{...}}")
         unknown = [k for k in obj if k not in allowed]
         if unknown:
-            raise ConfigError(_join(path, str(unknown[0])), f"unknown field in {what}",
+            raise ConfigError(_join(path, str(unknown[0]) or '""'), f"unknown field in {what}",
                               unknown[0], ", ".join(allowed),
                               "remove it or correct its spelling")
         self.obj, self.path = obj, path
@@ -442,31 +446,51 @@ class ExportConfig:
         if isinstance(source, os.PathLike):
             return cls._from_file(os.fspath(source))
         if isinstance(source, (str, bytes)):
-            text = source.decode() if isinstance(source, bytes) else source
+            try:
+                text = source.decode("utf-8") if isinstance(source, bytes) else source
+            except UnicodeDecodeError as e:
+                raise ConfigError("<root>", f"not UTF-8 text ({e.reason})", source[:50],
+                                  "UTF-8 JSON text", "save the config as UTF-8") from None
             stripped = text.lstrip()
             if not stripped.startswith(("{", "[")) and stripped:
                 return cls._from_file(text)
-            try:
-                source = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ConfigError("<root>", f"not valid JSON ({e.msg} at line {e.lineno} "
-                                  f"column {e.colno})", text,
-                                  "a JSON object", "fix the JSON syntax") from None
-        return cls.from_json(source)
+            return cls._from_text(text)
+        return cls._from_json_checked(source)
+
+    @classmethod
+    def _from_text(cls, text: str) -> "ExportConfig":
+        try:
+            source = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("<root>", f"not valid JSON ({e.msg} at line {e.lineno} "
+                              f"column {e.colno})", text,
+                              "a JSON object", "fix the JSON syntax") from None
+        except RecursionError:
+            raise _too_deep() from None
+        return cls._from_json_checked(source)
+
+    @classmethod
+    def _from_json_checked(cls, obj: Any) -> "ExportConfig":
+        try:
+            return cls.from_json(obj)
+        except RecursionError:
+            raise _too_deep() from None
 
     @classmethod
     def _from_file(cls, path: str) -> "ExportConfig":
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-        except OSError as e:
-            raise ConfigError("<file>", f"cannot read config file ({e.strerror})", path,
-                              "a readable JSON file, JSON text or a dict",
+        except (OSError, ValueError) as e:  # ValueError: NUL in the path, or not UTF-8
+            raise ConfigError("<file>", "cannot read config file "
+                              f"({getattr(e, 'strerror', None) or e})", path,
+                              "a readable UTF-8 JSON file, JSON text or a dict",
                               "check the path") from None
         try:
-            return cls.parse(text if text.strip() else "{}")
+            return cls._from_text(text if text.strip() else "{}")
         except ConfigError as e:
-            raise ConfigError(e.path, f"{e.problem} (in {path})") from None
+            raise ConfigError(e.path, f"{e.problem} (in {path})", e.received, e.allowed,
+                              e.fix) from None
 
     @classmethod
     def from_json(cls, obj: Any) -> "ExportConfig":
@@ -498,7 +522,7 @@ class ExportConfig:
         save_options = _parse_save_options(r.get("save_options", dict, default={}))
         modules = r.strings("import_modules")
         for i, m in enumerate(modules):
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", m):
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z", m):
                 raise ConfigError(f"import_modules[{i}]", "not a module name", m,
                                   "a dotted Python module path", 'write e.g. "my_pkg.layers"')
         unsafe = r.get("allow_unsafe_deserialization", bool, default=False)
@@ -556,6 +580,11 @@ class ExportConfig:
     @property
     def check_dict(self) -> Dict[str, Any]:
         return dict(self.check)
+
+
+def _too_deep() -> ConfigError:
+    return ConfigError("<root>", "nested too deeply", allowed="a config of ordinary depth",
+                       fix="flatten the input_signature")
 
 
 def _first_duplicate(values) -> Optional[str]:
@@ -627,8 +656,8 @@ def _parse_check(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
                               f"correct `{key}`")
         if key == "mode":
             _one_of(path, value, CHECK_MODES, "check mode")
-        if key in ("rtol", "atol") and value < 0:
-            raise ConfigError(path, "tolerance must not be negative", value, ">= 0",
+        if key in ("rtol", "atol") and not 0 <= value < float("inf"):
+            raise ConfigError(path, "tolerance must be finite and >= 0", value, ">= 0",
                               "use a tolerance such as 1e-5")
         out.append((key, value))
     return tuple(out)
