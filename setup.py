@@ -28,10 +28,12 @@ setup(
         "export_archive.components.kfp",
         "export_archive.components.infra_validator",
         "export_archive.pipelines",
+        "export_archive.pipelines.modules",
+        "export_archive.pipelines.data",
     ],
     package_data={"export_archive": ["schema/*.json"],
                   "export_archive.components.kfp": ["*.yaml"],
-                  "export_archive.pipelines": ["data/*.csv", "modules/*.py"]},
+                  "export_archive.pipelines": ["data/penguins/*.csv"]},
     install_requires=[
         "tensorflow>=2.15,<2.17",
         "keras>=3.3",

@@ -44,11 +44,13 @@ class _ArchiveMixin:
     def add_variable_collection(self, name, variables):
         super().add_variable_collection(name, unwrap_variables(variables))
 
-    def concrete_endpoint(self, name: str):
-        return self._get_concrete_fn(name)
+    def attach(self, name: str, trackable) -> None:
+        """Saves `trackable` (e.g. a Transform layer with its tables and assets) as a
+        child of the SavedModel root, reachable on reload as an attribute."""
+        setattr(self._trackable_root(), name, trackable)
 
     def write_out(self, filepath, options=None, serving_default: Optional[str] = None,
-                  **unused):
+                  method_names: Optional[Dict[str, str]] = None, **unused):
         if not self._endpoint_names:
             raise ValueError("No endpoints have been set yet. Call add_endpoint().")
         self._filter_and_track_resources()
@@ -59,6 +61,31 @@ class _ArchiveMixin:
             signatures["serving_default"] = signatures[serving_default or self._endpoint_names[0]]
         tf.saved_model.save(self._trackable_root(), filepath, options=options,
                             signatures=signatures)
+        if method_names:
+            aliased = serving_default or self._endpoint_names[0]
+            if "serving_default" not in self._endpoint_names and aliased in method_names:
+                method_names = {**method_names, "serving_default": method_names[aliased]}
+            set_method_names(filepath, method_names)
+
+
+def set_method_names(export_dir: str, method_names: Dict[str, str]) -> None:
+    """Sets signature method names (classify/regress) in a freshly written SavedModel.
+
+    TF2 saving writes every signature as `tensorflow/serving/predict`; TF Serving's
+    Classify and Regress APIs only accept signatures with their own method name.
+    Called on the staging directory, before the export becomes visible.
+    """
+    from export_archive import describe
+    proto = describe.read_saved_model_proto(export_dir)
+    meta_graph = describe.serve_meta_graph(proto)
+    for name, method in method_names.items():
+        meta_graph.signature_def[name].method_name = method
+    with tf.io.gfile.GFile(f"{export_dir}/saved_model.pb", "wb") as f:
+        f.write(proto.SerializeToString())
+    # fingerprint.pb holds a checksum of saved_model.pb: recompute it the way
+    # tf.saved_model.save does, so loaders that read it see a consistent model.
+    from tensorflow.python.saved_model import fingerprinting_utils
+    fingerprinting_utils.write_fingerprint(export_dir)
 
 
 def _keras3_archive_class():

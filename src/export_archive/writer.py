@@ -62,6 +62,8 @@ def build_archive(source: ModelSource, config: ExportConfig,
         where = f"endpoints[{i}]"
         fn, signature = endpoints.build(endpoint, source, where, example_builder)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
+    for name, trackable in getattr(example_builder, "trackables", {}).items():
+        export_archive.attach(name, trackable)
     collections = {}
     for i, collection in enumerate(config.variable_collections):
         variables = source.variables_for(collection, f"variable_collections[{i}]")
@@ -93,10 +95,12 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     export_archive, collections = build_archive(source, config, example_builder)
     options = tf.saved_model.SaveOptions(**config.save_options_dict)
     serving_default = config.serving_default_name
+    method_names = dict(getattr(example_builder, "method_names", {}))
     _write_atomically(
         output_dir,
         lambda path: export_archive.write_out(path, options=options,
-                                              serving_default=serving_default))
+                                              serving_default=serving_default,
+                                              method_names=method_names))
     logging.info("Exported %s model to %s with endpoints %s (serving_default=%s)",
                  source.flavor, output_dir, [e.name for e in config.endpoints], serving_default)
     return _result(output_dir, source, config, collections)

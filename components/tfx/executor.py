@@ -1,0 +1,82 @@
+"""ModelExporter executor: resolves artifacts to paths and calls the core.
+
+Everything about models, endpoints and writing lives in `export_archive`; this
+module only maps TFX artifacts and execution properties onto it.
+"""
+
+import json
+import sys
+import types
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types as tfx_types
+from tfx.components.util import udf_utils
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from export_archive import examples, report, writer
+from export_archive.components.tfx import spec
+from export_archive.config import ExportConfig
+
+
+class Executor(base_executor.BaseExecutor):
+    """Exports the trained model into `<model.uri>/Format-Serving` and writes the report."""
+
+    def Do(self, input_dict: Dict[str, List[tfx_types.Artifact]],
+           output_dict: Dict[str, List[tfx_types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        config = ExportConfig.parse(exec_properties[spec.EXPORT_CONFIG_KEY])
+        _register_user_module(config, exec_properties)
+
+        trained = artifact_utils.get_single_instance(input_dict[spec.TRAINED_MODEL_KEY])
+        # Where Trainer, Evaluator and Pusher look: <uri>/Format-Serving.
+        model_path = path_utils.serving_model_path(trained.uri)
+
+        example_builder = None
+        schema_uri = _optional_uri(input_dict, spec.SCHEMA_KEY)
+        transform_uri = _optional_uri(input_dict, spec.TRANSFORM_GRAPH_KEY)
+        if schema_uri or transform_uri:
+            example_builder = examples.ExampleEndpointBuilder(
+                schema_path=schema_uri, transform_graph_path=transform_uri)
+
+        output_model = artifact_utils.get_single_instance(output_dict[spec.MODEL_KEY])
+        serving_dir = path_utils.serving_model_dir(output_model.uri)
+        result = writer.export(model_path, config, serving_dir, overwrite=True,
+                               example_builder=example_builder)
+
+        output_model.set_string_custom_property(
+            spec.ENDPOINTS_PROPERTY, json.dumps(result.endpoint_names))
+        output_model.set_string_custom_property(
+            spec.SERVING_DEFAULT_PROPERTY, result.serving_default)
+        output_model.set_string_custom_property(spec.FLAVOR_PROPERTY, result.flavor)
+
+        report_artifact = artifact_utils.get_single_instance(output_dict[spec.REPORT_KEY])
+        report.write_report(result, report_artifact.uri, spec.REPORT_JSON,
+                            spec.REPORT_MARKDOWN, spec.REPORT_HTML)
+        logging.info("ModelExporter wrote %s with endpoints %s", serving_dir,
+                     result.endpoint_names)
+
+
+def _optional_uri(input_dict, key) -> Optional[str]:
+    artifacts = input_dict.get(key) or []
+    return artifact_utils.get_single_uri(artifacts) if artifacts else None
+
+
+def _register_user_module(config: ExportConfig, exec_properties: Dict[str, Any]) -> None:
+    """Makes `user_module:attr` factories resolvable, loading them the TFX way.
+
+    udf_utils.get_fn understands both a raw module_file and the packaged
+    module_path TFX substitutes for it, so the core only ever sees an
+    importable module named `user_module`.
+    """
+    names = [e.factory[1] for e in config.endpoints
+             if e.factory and e.factory[0] == spec.USER_MODULE]
+    if not names:
+        return
+    module = types.ModuleType(spec.USER_MODULE)
+    for name in names:
+        setattr(module, name, udf_utils.get_fn(exec_properties, name))
+    sys.modules[spec.USER_MODULE] = module

@@ -1,0 +1,59 @@
+"""Keys and types of the ModelExporter component, shared by component, executor and tests."""
+
+from tfx import types
+from tfx.types import component_spec, standard_artifacts
+
+# Inputs. The constructor argument is `model` (like Pusher and InfraValidator), but
+# the spec key is `trained_model`: TFX needs names unique across inputs and
+# outputs, and the *output* is `model`, so `exporter.outputs['model']` reads the
+# way every downstream TFX component expects.
+TRAINED_MODEL_KEY = "trained_model"
+SCHEMA_KEY = "schema"
+TRANSFORM_GRAPH_KEY = "transform_graph"
+EXAMPLES_KEY = "examples"
+
+# Outputs.
+MODEL_KEY = "model"
+REPORT_KEY = "report"
+
+# Parameters.
+EXPORT_CONFIG_KEY = "export_config"
+MODULE_FILE_KEY = "module_file"     # names as udf_utils expects them
+MODULE_PATH_KEY = "module_path"
+
+# A factory in the export config written "user_module:attr" is looked up in the
+# component's module_file / module_path, the TFX way (udf_utils.get_fn).
+USER_MODULE = "user_module"
+
+# Custom properties recorded on the output model.
+ENDPOINTS_PROPERTY = "exported_endpoints"
+SERVING_DEFAULT_PROPERTY = "serving_default"
+FLAVOR_PROPERTY = "source_flavor"
+
+REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
+
+
+class ExportReport(types.Artifact):
+    """What ModelExporter wrote: endpoints, specs, sizes, check results (JSON, Markdown, HTML)."""
+    TYPE_NAME = "ExportReport"
+
+
+class ModelExporterSpec(component_spec.ComponentSpec):
+    PARAMETERS = {
+        EXPORT_CONFIG_KEY: component_spec.ExecutionParameter(type=str),
+        MODULE_FILE_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+        MODULE_PATH_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {
+        TRAINED_MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),
+        SCHEMA_KEY: component_spec.ChannelParameter(type=standard_artifacts.Schema,
+                                                    optional=True),
+        TRANSFORM_GRAPH_KEY: component_spec.ChannelParameter(
+            type=standard_artifacts.TransformGraph, optional=True),
+        EXAMPLES_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples,
+                                                      optional=True),
+    }
+    OUTPUTS = {
+        MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),
+        REPORT_KEY: component_spec.ChannelParameter(type=ExportReport),
+    }

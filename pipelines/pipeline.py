@@ -1,0 +1,83 @@
+"""The pipeline factory: penguins CSV -> ... -> Trainer -> ModelExporter -> Pusher.
+
+One factory for every target; the runners (local_runner, kubeflow_v2_runner)
+only choose the orchestrator and its settings.
+"""
+
+import os
+from typing import Any, Dict, List, Optional
+
+from tfx import v1 as tfx
+
+from export_archive.components.tfx.component import ModelExporter
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DATA_ROOT = os.path.join(PACKAGE_DIR, "data", "penguins")
+MODULES_DIR = os.path.join(PACKAGE_DIR, "modules")
+TRANSFORM_MODULE = os.path.join(MODULES_DIR, "penguin_transform.py")
+TRAINER_MODULES = {"3": os.path.join(MODULES_DIR, "penguin_trainer_keras3.py"),
+                   "2": os.path.join(MODULES_DIR, "penguin_trainer_keras2.py")}
+LABEL_KEY = "species"
+
+# The endpoints the main job exports: tf.Example with Transform as serving_default
+# (what InfraValidator and TF Serving clients call), the model on its own
+# (transformed) features, a training-mode pass, and the optimizer state.
+DEFAULT_EXPORT_CONFIG: Dict[str, Any] = {
+    "endpoints": [
+        {"name": "serving_default", "kind": "tf_example", "transform": True,
+         "exclude_features": [LABEL_KEY]},
+        {"name": "serve_features"},
+        {"name": "call_training", "training": True},
+    ],
+    "variable_collections": [{"name": "optimizer_variables", "source": "optimizer"}],
+}
+
+
+def create_pipeline(pipeline_name: str,
+                    pipeline_root: str,
+                    serving_model_dir: str,
+                    data_root: str = DATA_ROOT,
+                    keras_version: str = "3",
+                    export_config: Optional[Dict[str, Any]] = None,
+                    train_steps: int = 100,
+                    eval_steps: int = 10,
+                    metadata_connection_config=None,
+                    beam_pipeline_args: Optional[List[str]] = None,
+                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+    """Builds the pipeline; `keras_version` picks the Trainer module ("3" or "2")."""
+    if keras_version not in TRAINER_MODULES:
+        raise ValueError(f"keras_version must be one of {sorted(TRAINER_MODULES)}, "
+                         f"got {keras_version!r}")
+    example_gen = tfx.components.CsvExampleGen(input_base=data_root)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                          infer_feature_shape=True)
+    transform = tfx.components.Transform(examples=example_gen.outputs["examples"],
+                                         schema=schema_gen.outputs["schema"],
+                                         module_file=TRANSFORM_MODULE)
+    trainer = tfx.components.Trainer(
+        module_file=TRAINER_MODULES[keras_version],
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
+    exporter = ModelExporter(
+        model=trainer.outputs["model"],
+        schema=schema_gen.outputs["schema"],
+        transform_graph=transform.outputs["transform_graph"],
+        examples=example_gen.outputs["examples"],
+        export_config=export_config or DEFAULT_EXPORT_CONFIG)
+    pusher = tfx.components.Pusher(
+        model=exporter.outputs["model"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=serving_model_dir)))
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, transform, trainer,
+                    exporter, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or ["--direct_num_workers=1"])

@@ -1,0 +1,194 @@
+"""`kind: tf_example` endpoints: serialized tf.Examples in, the model's outputs out.
+
+The one input is ``string[?]``, the only Predict input InfraValidator can build
+requests for. The feature spec comes from a Transform graph (its raw feature
+spec) or a Schema; ``exclude_features`` drops label columns; ``transform: true``
+applies the Transform graph, whose layer is attached to the saved object so its
+tables and vocabulary assets are saved with the model. Parsed features are
+matched to the model's inputs by name and adapted (sparse to dense, ``[?]`` to
+``[?,1]``, dtype cast).
+
+``method: classify`` / ``regress`` produce the input and output keys TF
+Serving's Classify and Regress APIs require (``inputs``; ``scores`` /
+``outputs``); the writer then sets the signature's method name, which Keras
+`ExportArchive` cannot.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import tensorflow as tf
+
+from export_archive.config import ConfigError, EndpointConfig
+from export_archive.sources import ModelSource
+
+# Method names and keys from tensorflow/python/saved_model/signature_constants.py,
+# the contract of TF Serving's Classify / Regress / Predict APIs.
+METHOD_NAMES = {
+    "predict": "tensorflow/serving/predict",
+    "classify": "tensorflow/serving/classify",
+    "regress": "tensorflow/serving/regress",
+}
+PREDICT_INPUT_KEY = "examples"
+CLASSIFY_REGRESS_INPUT_KEY = "inputs"
+CLASSIFY_SCORES_KEY = "scores"
+REGRESS_OUTPUTS_KEY = "outputs"
+TRANSFORM_ATTRIBUTE = "transform_features_layer"
+SCHEMA_FILE = "schema.pbtxt"
+
+
+def load_schema(path: str):
+    """Reads a Schema proto from a SchemaGen artifact dir or a .pbtxt file."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    file_path = os.path.join(path, SCHEMA_FILE) if tf.io.gfile.isdir(path) else path
+    if not tf.io.gfile.exists(file_path):
+        raise FileNotFoundError(f"No schema at {path}: expected a SchemaGen artifact "
+                                f"directory holding {SCHEMA_FILE}, or a .pbtxt file.")
+    with tf.io.gfile.GFile(file_path) as f:
+        return text_format.Parse(f.read(), schema_pb2.Schema())
+
+
+class ExampleEndpointBuilder:
+    """Builds tf_example endpoints from a Schema and/or a Transform graph."""
+
+    def __init__(self, schema_path: Optional[str] = None,
+                 transform_graph_path: Optional[str] = None):
+        if not schema_path and not transform_graph_path:
+            raise ValueError("A tf_example endpoint needs a schema or a transform graph.")
+        self.schema_path, self.transform_graph_path = schema_path, transform_graph_path
+        self._tft_output = None
+        # Filled while endpoints are built, read by the writer: objects to save as
+        # children of the SavedModel root, and signature method names to set.
+        self.trackables: Dict[str, Any] = {}
+        self.method_names: Dict[str, str] = {}
+
+    @property
+    def tft_output(self):
+        if self._tft_output is None and self.transform_graph_path:
+            import tensorflow_transform as tft
+            self._tft_output = tft.TFTransformOutput(self.transform_graph_path)
+        return self._tft_output
+
+    def raw_feature_spec(self) -> Dict[str, Any]:
+        if self.tft_output is not None:
+            return dict(self.tft_output.raw_feature_spec())
+        from tensorflow_transform.tf_metadata import schema_utils
+        return dict(schema_utils.schema_as_feature_spec(
+            load_schema(self.schema_path)).feature_spec)
+
+    def __call__(self, endpoint: EndpointConfig, source: ModelSource, where: str):
+        feature_spec = self.raw_feature_spec()
+        missing = [f for f in endpoint.exclude_features if f not in feature_spec]
+        if missing:
+            raise ConfigError(f"{where}.exclude_features", "names features the schema does "
+                              "not have", missing, ", ".join(sorted(feature_spec)),
+                              "list only raw feature names")
+        for name in endpoint.exclude_features:
+            feature_spec.pop(name)
+        transform_layer = None
+        if endpoint.transform:
+            if self.tft_output is None:
+                raise ConfigError(f"{where}.transform", "transform: true needs the Transform "
+                                  "graph", True, "a transform_graph input",
+                                  "pass the Transform component's transform_graph")
+            transform_layer = self.tft_output.transform_features_layer()
+        model_fn = source.call_fn(training=False, where=where)
+        model_inputs = source.infer_input_signature(where)
+        method = endpoint.method
+        input_key = PREDICT_INPUT_KEY if method == "predict" else CLASSIFY_REGRESS_INPUT_KEY
+
+        def serve_tf_examples(serialized):
+            features = tf.io.parse_example(serialized, feature_spec)
+            if transform_layer is not None:
+                features = transform_layer(features)
+            args = _match_inputs(features, model_inputs, where)
+            outputs = model_fn(*args)
+            return _shape_outputs(outputs, method, where)
+
+        if transform_layer is not None and all(
+                t is not transform_layer for t in self.trackables.values()):
+            self.trackables[TRANSFORM_ATTRIBUTE] = transform_layer
+        if method != "predict":
+            self.method_names[endpoint.name] = METHOD_NAMES[method]
+        signature = [tf.TensorSpec([None], tf.string, name=input_key)]
+        return serve_tf_examples, signature
+
+
+def _input_name(spec) -> Optional[str]:
+    name = getattr(spec, "name", None)
+    return name.split(":")[0] if name else None
+
+
+def _match_inputs(features: Dict[str, Any], model_inputs: List[Any], where: str):
+    available = sorted(features)
+
+    def pick(spec, key):
+        if key not in features:
+            raise ConfigError(f"{where}", f"the model input {key!r} is not among the "
+                              "parsed features", key, "features: " + ", ".join(available),
+                              "match the model's input names to the feature names (or "
+                              "to the Transform outputs with transform: true)")
+        return adapt(features[key], spec, key)
+
+    def match(node, key=None):
+        if isinstance(node, dict):
+            return {k: match(v, k) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [match(v) for v in node]
+        return pick(node, key or _input_name(node))
+
+    names = [(k or _input_name(s)) for k, s in _leaves(model_inputs)]
+    if None in names:
+        raise ConfigError(where, "the model has unnamed inputs, so tf.Example features "
+                          "cannot be matched to them", names, "named Keras Inputs",
+                          "name the model's inputs after the features")
+    return [match(arg) for arg in model_inputs]
+
+
+def _leaves(structure, key=None):
+    if isinstance(structure, dict):
+        for k, v in structure.items():
+            yield from _leaves(v, k)
+    elif isinstance(structure, (list, tuple)):
+        for v in structure:
+            yield from _leaves(v)
+    else:
+        yield key, structure
+
+
+def adapt(tensor, spec: tf.TensorSpec, name: str = ""):
+    """Fits a parsed feature to a model input: densify, add/drop a trailing 1, cast."""
+    if isinstance(tensor, tf.SparseTensor):
+        tensor = tf.sparse.to_dense(tensor)
+    elif isinstance(tensor, tf.RaggedTensor):
+        tensor = tensor.to_tensor()
+    rank = spec.shape.rank
+    if rank is not None and tensor.shape.rank is not None:
+        if rank == tensor.shape.rank + 1 and spec.shape[-1] == 1:
+            tensor = tf.expand_dims(tensor, -1)   # [?] feature -> [?,1] input
+        elif rank == tensor.shape.rank - 1 and tensor.shape[-1] == 1:
+            tensor = tf.squeeze(tensor, -1)
+    if tensor.dtype != spec.dtype:
+        if tf.string in (tensor.dtype, spec.dtype):
+            raise ConfigError(name or "input", f"feature {name!r} is {tensor.dtype.name} but "
+                              f"the model input is {spec.dtype.name}", name,
+                              "matching string-ness", "transform the feature first")
+        tensor = tf.cast(tensor, spec.dtype)
+    return tensor
+
+
+def _shape_outputs(outputs, method: str, where: str):
+    if method == "predict":
+        return outputs
+    flat = tf.nest.flatten(outputs)
+    if len(flat) != 1:
+        raise ConfigError(f"{where}.method", f"{method} needs a model with one output "
+                          f"tensor; it has {len(flat)}", method, "predict for multi-output "
+                          "models", 'use "method": "predict"')
+    tensor = tf.cast(flat[0], tf.float32)
+    if method == "classify":
+        return {CLASSIFY_SCORES_KEY: tensor}
+    return {REGRESS_OUTPUTS_KEY: tensor}
