@@ -44,7 +44,9 @@ setup(
     extras_require={
         "tfx": ["tfx[kfp]>=1.15,<1.17", "apache-beam[gcp]>=2.53",
                 "tensorflow-serving-api>=2.15,<2.17"],
-        "test": ["pytest>=7", "hypothesis>=6", "jsonschema>=4", "psutil>=5"],
+        "test": ["pytest>=7", "hypothesis>=6", "jsonschema>=4", "psutil>=5",
+                 # registers ops outside core TF: the serving check must flag them
+                 "tensorflow-text>=2.15,<2.17"],
     },
     entry_points={"console_scripts": ["export-archive=export_archive.cli:main"]},
 )

@@ -44,6 +44,9 @@ class _ArchiveMixin:
     def add_variable_collection(self, name, variables):
         super().add_variable_collection(name, unwrap_variables(variables))
 
+    def concrete_endpoint(self, name: str):
+        return self._get_concrete_fn(name)
+
     def attach(self, name: str, trackable) -> None:
         """Saves `trackable` (e.g. a Transform layer with its tables and assets) as a
         child of the SavedModel root, reachable on reload as an attribute."""

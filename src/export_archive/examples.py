@@ -55,10 +55,12 @@ class ExampleEndpointBuilder:
     """Builds tf_example endpoints from a Schema and/or a Transform graph."""
 
     def __init__(self, schema_path: Optional[str] = None,
-                 transform_graph_path: Optional[str] = None):
+                 transform_graph_path: Optional[str] = None,
+                 example_files: Optional[List[str]] = None):
         if not schema_path and not transform_graph_path:
             raise ValueError("A tf_example endpoint needs a schema or a transform graph.")
         self.schema_path, self.transform_graph_path = schema_path, transform_graph_path
+        self.example_files = list(example_files or [])
         self._tft_output = None
         # Filled while endpoints are built, read by the writer: objects to save as
         # children of the SavedModel root, and signature method names to set.
@@ -78,6 +80,19 @@ class ExampleEndpointBuilder:
         from tensorflow_transform.tf_metadata import schema_utils
         return dict(schema_utils.schema_as_feature_spec(
             load_schema(self.schema_path)).feature_spec)
+
+    def example_source(self, count: int) -> List[bytes]:
+        """`count` serialized tf.Examples for the serving check and warmup: real
+        records from `example_files` when given, else synthesized from the spec."""
+        if self.example_files:
+            compression = "GZIP" if self.example_files[0].endswith(".gz") else None
+            records = [r.numpy() for r in tf.data.TFRecordDataset(
+                self.example_files, compression_type=compression).take(count)]
+            if records:
+                return (records * (count // len(records) + 1))[:count]
+        import numpy as np
+        from export_archive.check import synthesize_examples
+        return synthesize_examples(self.raw_feature_spec(), count, np.random.default_rng(0))
 
     def __call__(self, endpoint: EndpointConfig, source: ModelSource, where: str):
         feature_spec = self.raw_feature_spec()

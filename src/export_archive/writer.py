@@ -42,6 +42,8 @@ class ExportResult:
     variable_collections: Dict[str, int]
     size_bytes: int
     checks: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    # None: no check ran; False only in check mode "warn" (fail mode raises).
+    check_passed: Optional[bool] = None
 
     @property
     def endpoint_names(self) -> List[str]:
@@ -58,10 +60,13 @@ def build_archive(source: ModelSource, config: ExportConfig,
     export_archive = archive.archive_class(source.flavor)()
     for trackable in source.trackables():
         export_archive.track(trackable)
+    export_archive.python_endpoints = {}
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
         fn, signature = endpoints.build(endpoint, source, where, example_builder)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
+        # Kept for the parity check: the eager function is "the in-memory model".
+        export_archive.python_endpoints[endpoint.name] = fn
     for name, trackable in getattr(example_builder, "trackables", {}).items():
         export_archive.attach(name, trackable)
     collections = {}
@@ -73,7 +78,8 @@ def build_archive(source: ModelSource, config: ExportConfig,
 
 
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
-           overwrite: bool = False, example_builder: Optional[Callable] = None) -> ExportResult:
+           overwrite: bool = False, example_builder: Optional[Callable] = None,
+           check: Optional[bool] = None) -> ExportResult:
     """Exports `model` as a SavedModel with the endpoints `config` describes.
 
     Args:
@@ -83,6 +89,9 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
       output_dir: where the SavedModel goes (``output_dir/saved_model.pb``).
       overwrite: replace a non-empty `output_dir` (otherwise refused).
       example_builder: builds ``kind: tf_example`` endpoints (see `examples`).
+      check: run the serving check (TF Serving's contract, parity with the model,
+        warmup file) before the export becomes visible. None: run it when the
+        config has a ``check`` section (``"enabled": false`` turns it off).
 
     The SavedModel is written to a sibling temporary directory and renamed into
     place, so a failed or killed export never leaves a half-written model at
@@ -96,14 +105,50 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     options = tf.saved_model.SaveOptions(**config.save_options_dict)
     serving_default = config.serving_default_name
     method_names = dict(getattr(example_builder, "method_names", {}))
-    _write_atomically(
-        output_dir,
-        lambda path: export_archive.write_out(path, options=options,
-                                              serving_default=serving_default,
-                                              method_names=method_names))
+    options_check = config.check_dict
+    run_check = options_check.get("enabled", bool(options_check)) if check is None else check
+    reports = []
+
+    def write(path):
+        export_archive.write_out(path, options=options, serving_default=serving_default,
+                                 method_names=method_names)
+        if run_check:
+            # On the staging directory: a failing export (mode "fail") is never renamed
+            # into place, so nothing half-checked can be pushed.
+            report = _serving_check(path, export_archive, config, example_builder)
+            reports.append(report)
+            if not report.passed and options_check.get("mode", "fail") == "fail":
+                from export_archive.check import CheckFailed
+                raise CheckFailed(report)
+
+    _write_atomically(output_dir, write)
     logging.info("Exported %s model to %s with endpoints %s (serving_default=%s)",
                  source.flavor, output_dir, [e.name for e in config.endpoints], serving_default)
-    return _result(output_dir, source, config, collections)
+    result = _result(output_dir, source, config, collections)
+    if reports:
+        result.checks, result.check_passed = reports[0].results, reports[0].passed
+        if not reports[0].passed:
+            logging.warning("Serving check failed (mode warn), exported anyway:\n%s",
+                            reports[0].format_failures())
+    return result
+
+
+def _serving_check(path, export_archive, config, example_builder):
+    from export_archive import check
+    fns = {}
+    for name, fn in export_archive.python_endpoints.items():
+        traced = export_archive.concrete_endpoint(name)
+        concrete = (traced.get_concrete_function()
+                    if hasattr(traced, "get_concrete_function") else traced)
+        fns[name] = (fn, concrete)
+    options = config.check_dict
+    example_source = getattr(example_builder, "example_source", None)
+    training = {e.name: e.training for e in config.endpoints}
+    training.setdefault("serving_default", training[config.serving_default_name])
+    return check.run_check(
+        path, fns, training, example_source,
+        rtol=options.get("rtol", check.DEFAULT_RTOL), atol=options.get("atol", check.DEFAULT_ATOL),
+        warmup=options.get("warmup", True))
 
 
 def _result(output_dir, source, config, collections) -> ExportResult:

@@ -1,0 +1,338 @@
+"""The serving check: TF Serving's contract, endpoint parity and warmup.
+
+`run_check` (used by `export`) and `check_saved_model` (the `check` CLI) drive
+`serving_contract.py` in a separate process that imports only TensorFlow and
+the TF Serving protos, and feed it one request per endpoint. The same requests
+are written as the SavedModel's warmup file, so TF Serving warms every
+endpoint at load time. The responses, computed through the TF1 session path,
+are compared with the in-memory model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from export_archive import describe
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+CONTRACT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "serving_contract.py")
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-5, 1e-5
+SMALL_BATCH, LARGE_BATCH = 1, 64
+
+
+class CheckFailed(RuntimeError):
+    """The export breaks TF Serving's contract or drifts from the model."""
+
+    def __init__(self, report: "CheckReport"):
+        self.report = report
+        super().__init__("The serving check failed:\n" + report.format_failures())
+
+
+@dataclasses.dataclass
+class CheckReport:
+    results: List[Dict[str, Any]]
+
+    @property
+    def passed(self) -> bool:
+        return all(r["passed"] for r in self.results)
+
+    def failures(self) -> List[Dict[str, Any]]:
+        return [r for r in self.results if not r["passed"]]
+
+    def format_failures(self) -> str:
+        return "\n".join(f"  - {r['endpoint'] or '(model)'}: {r['check']}: {r['detail']}"
+                         for r in self.failures())
+
+    def format(self) -> str:
+        lines = [f"{'PASS' if r['passed'] else 'FAIL'} {r['check']:<16} "
+                 f"{r['endpoint'] or '-':<20} {r['detail']}" for r in self.results]
+        lines.append("serving check " + ("passed" if self.passed else "FAILED"))
+        return "\n".join(lines)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"passed": self.passed, "results": self.results}
+
+
+# ---- requests: one per endpoint, synthesized or from examples
+
+
+def _synthesize(info_text: str, batch: int, rng) -> np.ndarray:
+    dtype, dims = info_text.split("[", 1)
+    dims = dims.rstrip("]")
+    shape = [] if not dims else [
+        (batch if i == 0 else 1) if d in ("?", "*") else int(d)
+        for i, d in enumerate(dims.split(","))]
+    if dtype == "string":
+        return np.full(shape, b"", dtype=object)
+    if dtype == "bool":
+        return np.zeros(shape, dtype=bool)
+    np_dtype = tf.as_dtype(dtype).as_numpy_dtype
+    if np.issubdtype(np_dtype, np.floating):
+        return rng.normal(size=shape).astype(np_dtype)
+    return np.zeros(shape, dtype=np_dtype)  # ids/indices: 0 is always in range
+
+
+def synthesize_examples(feature_spec: Dict[str, Any], batch: int, rng) -> List[bytes]:
+    """Serialized tf.Examples with a value of the right type for every feature."""
+    out = []
+    for _ in range(batch):
+        feature = {}
+        for name, spec in feature_spec.items():
+            size = int(np.prod(spec.shape)) if getattr(spec, "shape", None) else 1
+            if spec.dtype == tf.string:
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a"] * size))
+            elif spec.dtype.is_floating:
+                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
+                    value=rng.normal(size=size).tolist()))
+            else:
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[0] * size))
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString())
+    return out
+
+
+def build_requests(export_dir: str, methods: Dict[str, str],
+                   example_source: Optional[Callable[[int], List[bytes]]],
+                   batch: int, seed: int = 0):
+    """One PredictionLog per signature (Classify/Regress logs for those methods)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+    rng = np.random.default_rng(seed)
+    logs = []
+    for sig in describe.describe(export_dir):
+        log = prediction_log_pb2.PredictionLog()
+        method = sig.method_name.rsplit("/", 1)[-1]
+        if method in ("classify", "regress"):
+            request = (log.classify_log if method == "classify" else log.regress_log).request
+            request.model_spec.signature_name = sig.name
+            for serialized in example_source(batch):
+                request.input.example_list.examples.add().ParseFromString(serialized)
+        else:
+            request = log.predict_log.request
+            request.model_spec.signature_name = sig.name
+            for key, text in sig.inputs.items():
+                if text.startswith("string[") and example_source is not None:
+                    value = np.array(example_source(batch), dtype=object)
+                else:
+                    value = _synthesize(text, batch, rng)
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        logs.append(log)
+    return logs
+
+
+def write_prediction_logs(path: str, logs) -> None:
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+
+
+def read_prediction_logs(path: str):
+    from tensorflow_serving.apis import prediction_log_pb2
+    logs = []
+    for record in tf.data.TFRecordDataset(path):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record.numpy())
+        logs.append(log)
+    return logs
+
+
+# ---- the separate process
+
+
+def run_contract(export_dir: str, requests=None, latency_runs: int = 0,
+                 timeout: int = 900) -> Dict[str, Any]:
+    """Runs serving_contract.py on `export_dir`; returns its results and responses."""
+    with tempfile.TemporaryDirectory(prefix="serving-check-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, CONTRACT_SCRIPT, export_dir, "--out", out,
+               "--latency-runs", str(latency_runs)]
+        if requests:
+            write_prediction_logs(os.path.join(tmp, "requests.tfrecord"), requests)
+            cmd += ["--requests", os.path.join(tmp, "requests.tfrecord"),
+                    "--responses", os.path.join(tmp, "responses.tfrecord")]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.pop("TF_USE_LEGACY_KERAS", None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 or not os.path.exists(out):
+            return {"results": [{"check": "load", "endpoint": "", "passed": False,
+                                 "detail": "the serving-contract process failed: "
+                                           + proc.stderr.strip()[-1500:]}], "responses": []}
+        with open(out) as f:
+            data = json.load(f)
+        responses = os.path.join(tmp, "responses.tfrecord")
+        data["responses"] = read_prediction_logs(responses) if os.path.exists(responses) else []
+        return data
+
+
+def check_saved_model(export_dir: str) -> CheckReport:
+    """The `export-archive check DIR` command: contract only, synthesized inputs.
+
+    tf.Example (string) inputs get empty serialized examples, so a parser with
+    required features fails; pass the model through `export` for full parity.
+    """
+    if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
+        raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
+                                "saved_model.pb is missing.")
+    requests = build_requests(export_dir, {}, None, SMALL_BATCH)
+    return CheckReport(run_contract(export_dir, requests)["results"])
+
+
+# ---- parity with the in-memory model
+
+
+def _tensor_value(proto) -> np.ndarray:
+    return tf.make_ndarray(proto)
+
+
+def in_memory_outputs(fn, concrete, request_inputs: Dict[str, np.ndarray]):
+    """Calls the endpoint's Python function with a request's inputs, keyed like the signature."""
+    args_structure = concrete.structured_input_signature[0]
+    flat = tf.nest.flatten(args_structure)
+    keys = [t.name.split(":")[0] for t in concrete.inputs[:len(flat)]]
+    values = [tf.constant(request_inputs[k]) for k in keys]
+    outputs = fn(*tf.nest.pack_sequence_as(args_structure, values))
+    if isinstance(outputs, dict):
+        return {k: np.asarray(v) for k, v in outputs.items()}
+    flat_out = tf.nest.flatten(outputs)
+    return {f"output_{i}": np.asarray(v) for i, v in enumerate(flat_out)}
+
+
+def compare(name: str, expected: Dict[str, np.ndarray], served: Dict[str, np.ndarray],
+            rtol: float, atol: float, training: bool = False) -> Dict[str, Any]:
+    if sorted(expected) != sorted(served):
+        return {"check": "parity", "endpoint": name, "passed": False,
+                "detail": f"output keys differ: model {sorted(expected)}, served {sorted(served)}"}
+    worst_abs = worst_rel = 0.0
+    for key in expected:
+        a, b = expected[key], served[key]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return {"check": "parity", "endpoint": name, "passed": False,
+                    "detail": f"{key}: model gives {a.dtype}{list(a.shape)}, served "
+                              f"{b.dtype}{list(b.shape)}"}
+        if training or a.dtype.kind in "OSUb":
+            continue
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
+        worst_rel = max(worst_rel, float((diff / (np.abs(a) + 1e-12)).max(initial=0.0)))
+        if not np.allclose(b, a, rtol=rtol, atol=atol):
+            return {"check": "parity", "endpoint": name, "passed": False,
+                    "detail": f"{key} drifts from the model: max abs diff {worst_abs:.3g}, "
+                              f"max rel diff {worst_rel:.3g} (rtol {rtol}, atol {atol})"}
+    detail = ("training mode: shapes and dtypes match" if training else
+              f"max abs diff {worst_abs:.3g}, max rel diff {worst_rel:.3g}")
+    return {"check": "parity", "endpoint": name, "passed": True, "detail": detail}
+
+
+def _request_inputs(log) -> Dict[str, np.ndarray]:
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        return {k: _tensor_value(v) for k, v in log.predict_log.request.inputs.items()}
+    request = getattr(log, kind).request
+    return {"inputs": np.array([e.SerializeToString()
+                                for e in request.input.example_list.examples], dtype=object)}
+
+
+def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str, bool],
+              example_source: Optional[Callable[[int], List[bytes]]],
+              rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+              warmup: bool = True, latency_runs: int = 20) -> CheckReport:
+    """Warmup + contract + parity + latency for a freshly written export.
+
+    `endpoint_fns` maps endpoint name -> (python_fn, concrete_fn) from the archive;
+    `training` maps signature name -> whether it runs the model in training mode.
+    Training-mode signatures run last, then the first inference request again:
+    a training pass that changes what inference returns (BatchNormalization
+    moving statistics) would change a served model's answers the same way.
+    """
+    small = build_requests(export_dir, {}, example_source, SMALL_BATCH, seed=1)
+    large = build_requests(export_dir, {}, example_source, LARGE_BATCH, seed=2)
+    if warmup:
+        write_prediction_logs(os.path.join(export_dir, WARMUP_FILE), small)
+    is_training = lambda log: training.get(_signature_name(log), False)
+    inference = [log for log in small + large if not is_training(log)]
+    trainers = [log for log in small + large if is_training(log)]
+    probe = [next(log for log in large if not is_training(log))] if trainers and inference else []
+    contract = run_contract(export_dir, inference + trainers + probe, latency_runs=latency_runs)
+    results = [r for r in contract["results"] if r["check"] != "run"]
+    results += _latency_rows([r for r in contract["results"] if r["check"] == "run"])
+    responses: Dict[str, List[Dict[str, np.ndarray]]] = {}
+    for log in contract["responses"]:
+        outputs = {k: _tensor_value(v) for k, v in log.predict_log.response.outputs.items()}
+        responses.setdefault(_signature_name(log), []).append(outputs)
+    if probe and contract["responses"]:
+        name = _signature_name(probe[0])
+        before, after = responses[name][1], responses[name][-1]
+        changed = any(not np.array_equal(before[k], after[k]) for k in before)
+        culprits = sorted(n for n, t in training.items() if t)
+        results.append({"check": "state", "endpoint": ", ".join(culprits), "passed": not changed,
+                        "detail": (f"calling the training-mode endpoint(s) changed what {name!r} "
+                                   "returns (e.g. BatchNormalization moving statistics): in TF "
+                                   "Serving every training call would shift inference results; "
+                                   "drop the training endpoint or freeze those layers")
+                        if changed else "training-mode calls leave inference unchanged"})
+        responses[name] = responses[name][:-1]
+    large_inputs = {_signature_name(log): _request_inputs(log) for log in large}
+    for name, (fn, concrete) in endpoint_fns.items():
+        if len(responses.get(name, [])) < 2:
+            continue  # its run failed; that row already says why
+        served = responses[name][1]
+        if training.get(name, False):
+            # Never call a training function in memory: it would update the user's model.
+            results.append(compare_specs(name, concrete, served))
+        else:
+            expected = in_memory_outputs(fn, concrete, large_inputs[name])
+            results.append(compare(name, expected, served, rtol, atol, False))
+    if warmup:
+        results.append({"check": "warmup_written", "endpoint": "", "passed": True,
+                        "detail": f"{len(small)} requests in {WARMUP_FILE}"})
+    return CheckReport(results)
+
+
+def _signature_name(log) -> str:
+    return getattr(log, log.WhichOneof("log_type")).request.model_spec.signature_name
+
+
+def compare_specs(name: str, concrete, served: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """Training-mode parity: the served outputs have the traced outputs' dtypes and shapes."""
+    structure = concrete.structured_outputs
+    specs = (dict(structure) if isinstance(structure, dict) else
+             {f"output_{i}": t for i, t in enumerate(tf.nest.flatten(structure))})
+    for key, tensor in specs.items():
+        value = served.get(key)
+        if value is None:
+            return {"check": "parity", "endpoint": name, "passed": False,
+                    "detail": f"output {key!r} missing; served {sorted(served)}"}
+        if (tf.as_dtype(value.dtype) != tensor.dtype
+                or not tensor.shape.is_compatible_with(value.shape)):
+            return {"check": "parity", "endpoint": name, "passed": False,
+                    "detail": f"{key}: traced {tensor.dtype.name}{tensor.shape}, served "
+                              f"{value.dtype}{list(value.shape)}"}
+    return {"check": "parity", "endpoint": name, "passed": True,
+            "detail": "training mode: output dtypes and shapes match"}
+
+
+def _latency_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    rows, by_endpoint = [], {}
+    for run in runs:
+        if not run["passed"]:
+            rows.append(run)
+            continue
+        by_endpoint.setdefault(run["endpoint"], []).append(json.loads(run["detail"]))
+    for name, details in by_endpoint.items():
+        parts = [f"batch {d['batch']}: p50 {d.get('p50_ms', 0):.2f} ms, p99 "
+                 f"{d.get('p99_ms', 0):.2f} ms" for d in details]
+        deterministic = all(d["deterministic"] for d in details)
+        rows.append({"check": "run", "endpoint": name, "passed": True,
+                     "detail": "; ".join(parts) + ("" if deterministic else
+                                                   "; not deterministic (dropout?)")})
+    return rows

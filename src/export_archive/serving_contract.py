@@ -1,0 +1,249 @@
+"""TF Serving's contract, checked the way the server loads and calls a SavedModel.
+
+Run as a *script* in its own process (`python serving_contract.py ...`), never
+imported by the exporter: it imports nothing but the standard library,
+TensorFlow and the TF Serving API protos, so an op that only a Python package
+registers (tensorflow_text, a custom layer library) is missing here exactly as
+it is missing in `tensorflow_model_server`.
+
+    python serving_contract.py EXPORT_DIR --requests REQ.tfrecord --out RESULT.json
+        [--responses RESP.tfrecord] [--latency-runs N]
+
+What it does, in TF Serving's order:
+1. every op in the `serve` MetaGraph (and its function library) is registered;
+2. a `serving_default` signature exists;
+3. signature dtypes can be carried by Predict (no resource/variant tensors) and
+   Classify/Regress signatures have the keys and dtypes those APIs require;
+4. the TF1 SavedModel loader loads tag `serve` into a session;
+5. `assets.extra/tf_serving_warmup_requests`, if present, parses as PredictionLogs;
+6. each request in REQ (a PredictionLog per endpoint) runs by tensor names, twice
+   (determinism), is timed, and its outputs are written to RESP as PredictionLogs.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+from tensorflow_serving.apis import prediction_log_pb2
+
+SERVE_TAG = "serve"
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+PREDICT = "tensorflow/serving/predict"
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+# TensorProto cannot carry these in a PredictResponse.
+UNSERVABLE_DTYPES = {types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, types_pb2.DT_INVALID}
+
+
+def result(check, passed, detail="", endpoint=""):
+    return {"check": check, "endpoint": endpoint, "passed": bool(passed), "detail": detail}
+
+
+def read_meta_graph(export_dir):
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return meta_graph
+    raise ValueError(f"no MetaGraph tagged {SERVE_TAG!r}")
+
+
+def check_ops(meta_graph):
+    ops = {n.op for n in meta_graph.graph_def.node}
+    for function in meta_graph.graph_def.library.function:
+        ops.update(n.op for n in function.node_def)
+    functions = {f.signature.name for f in meta_graph.graph_def.library.function}
+    missing = sorted(op for op in ops if op not in functions and op_def_registry.get(op) is None)
+    if missing:
+        return result("ops", False, "ops not registered in core TensorFlow (TF Serving "
+                      "will fail to load the model): " + ", ".join(missing))
+    return result("ops", True, f"{len(ops)} op types, all in core TensorFlow")
+
+
+def check_signatures(meta_graph):
+    out = []
+    sigs = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
+    out.append(result("serving_default", DEFAULT_SIGNATURE in sigs,
+                      "present" if DEFAULT_SIGNATURE in sigs else
+                      f"no '{DEFAULT_SIGNATURE}' signature: requests that name no signature "
+                      f"fail; signatures: {sorted(sigs)}"))
+    for name, sig in sorted(sigs.items()):
+        problems = []
+        for side, infos in (("input", sig.inputs), ("output", sig.outputs)):
+            for key, info in infos.items():
+                if info.dtype in UNSERVABLE_DTYPES:
+                    problems.append(f"{side} {key!r} has dtype "
+                                    f"{types_pb2.DataType.Name(info.dtype)}, which a "
+                                    "TensorProto cannot carry")
+        if sig.method_name == CLASSIFY:
+            problems += _classify_problems(sig)
+        elif sig.method_name == REGRESS:
+            problems += _regress_problems(sig)
+        elif sig.method_name != PREDICT:
+            problems.append(f"unknown method name {sig.method_name!r}")
+        out.append(result("dtypes", not problems, "; ".join(problems) or sig.method_name, name))
+    return out
+
+
+def _single_string_input(sig):
+    if list(sig.inputs) != ["inputs"] or sig.inputs["inputs"].dtype != types_pb2.DT_STRING:
+        return ["needs exactly one DT_STRING input named 'inputs' (serialized tf.Examples)"]
+    return []
+
+
+def _classify_problems(sig):
+    problems = _single_string_input(sig)
+    keys = set(sig.outputs)
+    if not keys & {"classes", "scores"} or keys - {"classes", "scores"}:
+        problems.append(f"outputs must be 'classes' and/or 'scores', got {sorted(keys)}")
+    if "scores" in sig.outputs and sig.outputs["scores"].dtype != types_pb2.DT_FLOAT:
+        problems.append("'scores' must be DT_FLOAT")
+    if "classes" in sig.outputs and sig.outputs["classes"].dtype != types_pb2.DT_STRING:
+        problems.append("'classes' must be DT_STRING")
+    return problems
+
+
+def _regress_problems(sig):
+    problems = _single_string_input(sig)
+    if list(sig.outputs) != ["outputs"] or sig.outputs["outputs"].dtype != types_pb2.DT_FLOAT:
+        problems.append("needs exactly one DT_FLOAT output named 'outputs'")
+    return problems
+
+
+def read_prediction_logs(path):
+    logs = []
+    for record in tf.compat.v1.io.tf_record_iterator(path):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record)
+        if not log.WhichOneof("log_type"):
+            raise ValueError(f"record {len(logs)} is not a PredictionLog")
+        logs.append(log)
+    return logs
+
+
+def check_warmup(export_dir):
+    path = os.path.join(export_dir, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        logs = read_prediction_logs(path)
+    except Exception as e:  # pylint: disable=broad-except  # reported, not swallowed
+        return result("warmup", False, f"{WARMUP_FILE} does not parse as PredictionLogs "
+                      f"({type(e).__name__}: {e}); TF Serving will refuse to load the model")
+    return result("warmup", bool(logs), f"{len(logs)} warmup requests" if logs
+                  else f"{WARMUP_FILE} is empty")
+
+
+def feeds_for(log, sig, graph):
+    """A request's inputs, as TF Serving feeds them: by the signature's tensor names."""
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        inputs = log.predict_log.request.inputs
+        feed = {}
+        for key, proto in inputs.items():
+            if key not in sig.inputs:
+                raise KeyError(f"request input {key!r} is not in the signature "
+                               f"(inputs: {sorted(sig.inputs)})")
+            feed[graph.get_tensor_by_name(sig.inputs[key].name)] = tf.make_ndarray(proto)
+        return feed
+    request = getattr(log, kind).request
+    examples = [e.SerializeToString() for e in request.input.example_list.examples]
+    return {graph.get_tensor_by_name(sig.inputs["inputs"].name): examples}
+
+
+def run_requests(sess, meta_graph, logs, latency_runs):
+    out, responses = [], []
+    graph = sess.graph
+    for log in logs:
+        kind = log.WhichOneof("log_type")
+        name = getattr(log, kind).request.model_spec.signature_name or DEFAULT_SIGNATURE
+        sig = meta_graph.signature_def.get(name)
+        if sig is None:
+            out.append(result("run", False, f"no signature {name!r}", name))
+            continue
+        keys = sorted(sig.outputs)
+        fetches = [graph.get_tensor_by_name(sig.outputs[k].name) for k in keys]
+        try:
+            feed = feeds_for(log, sig, graph)
+            first = sess.run(fetches, feed)
+            second = sess.run(fetches, feed)
+            times = []
+            for _ in range(latency_runs):
+                start = time.perf_counter()
+                sess.run(fetches, feed)
+                times.append(time.perf_counter() - start)
+        except Exception as e:  # pylint: disable=broad-except  # reported per endpoint
+            out.append(result("run", False, f"{type(e).__name__}: {str(e)[:500]}", name))
+            continue
+        batch = len(next(iter(feed.values())))
+        deterministic = all(
+            (a == b).all() if a.dtype.kind in "OSUb" else
+            bool(((a == b) | ((a != a) & (b != b))).all()) for a, b in zip(first, second))
+        times.sort()
+        detail = {"batch": batch, "deterministic": deterministic}
+        if times:
+            detail.update({"p50_ms": 1000 * times[len(times) // 2],
+                           "p99_ms": 1000 * times[min(len(times) - 1,
+                                                      int(0.99 * len(times)))]})
+        out.append(result("run", True, json.dumps(detail), name))
+        response_log = prediction_log_pb2.PredictionLog()
+        response_log.predict_log.request.model_spec.signature_name = name
+        for key, value in zip(keys, first):
+            response_log.predict_log.response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        responses.append(response_log)
+    return out, responses
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("export_dir")
+    parser.add_argument("--requests")
+    parser.add_argument("--responses")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--latency-runs", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    results = []
+    meta_graph = read_meta_graph(args.export_dir)
+    ops = check_ops(meta_graph)
+    results.append(ops)
+    results += check_signatures(meta_graph)
+    warmup = check_warmup(args.export_dir)
+    if warmup:
+        results.append(warmup)
+    responses = []
+    if ops["passed"]:
+        graph = tf.Graph()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            try:
+                loaded = tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], args.export_dir)
+                results.append(result("load", True, "TF1 loader, tag 'serve'"))
+            except Exception as e:  # pylint: disable=broad-except  # reported as a failure
+                loaded = None
+                results.append(result("load", False, f"{type(e).__name__}: {str(e)[:500]}"))
+            if loaded is not None and args.requests:
+                run_results, responses = run_requests(
+                    sess, loaded, read_prediction_logs(args.requests), args.latency_runs)
+                results += run_results
+    if args.responses:
+        with tf.io.TFRecordWriter(args.responses) as writer:
+            for log in responses:
+                writer.write(log.SerializeToString())
+    foreign = sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "tf_keras",
+                                                                  "tensorflow_text",
+                                                                  "export_archive"))
+    with open(args.out, "w") as f:
+        json.dump({"results": results, "foreign_modules": foreign}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
