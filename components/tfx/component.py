@@ -4,14 +4,14 @@ from typing import Any, Dict, Optional, Union
 
 from tfx import types
 from tfx.components.util import udf_utils
-from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel_utils, standard_artifacts
 
 from export_archive.components.tfx import executor, spec
 from export_archive.config import ExportConfig
 
 
-class ModelExporter(base_component.BaseComponent):
+class ModelExporter(base_beam_component.BaseBeamComponent):
     """Builds serving endpoints for a trained model and emits a pushable Model.
 
     Example::
@@ -26,11 +26,15 @@ class ModelExporter(base_component.BaseComponent):
         pusher = Pusher(model=exporter.outputs["model"], ...)
 
     The export config is validated here, so a bad config fails when the pipeline
-    is defined rather than when it runs.
+    is defined rather than when it runs. The serving check runs by default
+    (config ``"check": {"enabled": false}`` turns it off); with `examples`, its
+    parity step covers the whole eval split as a Beam pipeline.
     """
 
     SPEC_CLASS = spec.ModelExporterSpec
-    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+    # A Beam executor: the split-wide parity check runs on beam_pipeline_args
+    # (DirectRunner by default, Dataflow with the usual flags).
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self,
                  model: types.BaseChannel,

@@ -5,6 +5,7 @@ module only maps TFX artifacts and execution properties onto it.
 """
 
 import json
+import os
 import sys
 import types
 from typing import Any, Dict, List, Optional
@@ -12,16 +13,17 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 from tfx import types as tfx_types
 from tfx.components.util import udf_utils
-from tfx.dsl.components.base import base_executor
+from tfx.dsl.components.base import base_beam_executor
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from export_archive import examples, report, writer
+from export_archive import check, examples, parity_beam, report, writer
 from export_archive.components.tfx import spec
 from export_archive.config import ExportConfig
 
 
-class Executor(base_executor.BaseExecutor):
+class Executor(base_beam_executor.BaseBeamExecutor):
     """Exports the trained model into `<model.uri>/Format-Serving` and writes the report."""
 
     def Do(self, input_dict: Dict[str, List[tfx_types.Artifact]],
@@ -40,12 +42,25 @@ class Executor(base_executor.BaseExecutor):
         transform_uri = _optional_uri(input_dict, spec.TRANSFORM_GRAPH_KEY)
         if schema_uri or transform_uri:
             example_builder = examples.ExampleEndpointBuilder(
-                schema_path=schema_uri, transform_graph_path=transform_uri)
+                schema_path=schema_uri, transform_graph_path=transform_uri,
+                example_files=_example_files(input_dict))
 
         output_model = artifact_utils.get_single_instance(output_dict[spec.MODEL_KEY])
         serving_dir = path_utils.serving_model_dir(output_model.uri)
+        # The component checks by default ("check": {"enabled": false} opts out): a
+        # failing check raises before Format-Serving exists, so nothing is published.
+        run_check = config.check_dict.get("enabled", True)
         result = writer.export(model_path, config, serving_dir, overwrite=True,
-                               example_builder=example_builder)
+                               example_builder=example_builder, check=run_check)
+        if run_check and example_builder is not None and example_builder.example_files:
+            self._split_parity(result, config, model_path, schema_uri, transform_uri,
+                               example_builder.example_files, output_model.uri)
+        if result.check_passed is not None:
+            failures = [f"{c['endpoint'] or '(model)'}: {c['check']}: {c['detail']}"
+                        for c in result.checks if not c["passed"]]
+            output_model.set_string_custom_property(
+                spec.SERVING_CHECK_PROPERTY,
+                "passed" if result.check_passed else "failed: " + " | ".join(failures))
 
         output_model.set_string_custom_property(
             spec.ENDPOINTS_PROPERTY, json.dumps(result.endpoint_names))
@@ -58,6 +73,47 @@ class Executor(base_executor.BaseExecutor):
                             spec.REPORT_MARKDOWN, spec.REPORT_HTML)
         logging.info("ModelExporter wrote %s with endpoints %s", serving_dir,
                      result.endpoint_names)
+
+
+    def _split_parity(self, result, config, model_path, schema_uri, transform_uri,
+                      example_files, output_uri) -> None:
+        """Parity over the whole examples split, as a Beam pipeline (DirectRunner here,
+        Dataflow through the component's beam_pipeline_args).
+
+        It runs on the published directory, which Dataflow workers can read on
+        gs://; on failure in mode "fail" the directory is removed before the
+        component fails, so the output is never published or left half-done.
+        """
+        job = parity_beam.ParityJob(
+            export_dir=result.output_dir, model_path=model_path,
+            config_json=config.to_json(), schema_path=schema_uri,
+            transform_graph_path=transform_uri,
+            rtol=config.check_dict.get("rtol", check.DEFAULT_RTOL),
+            atol=config.check_dict.get("atol", check.DEFAULT_ATOL))
+        rows = parity_beam.run(job, example_files,
+                               os.path.join(self._get_tmp_dir(), "split_parity.jsonl"),
+                               self._beam_pipeline_args)
+        result.checks.extend(rows)
+        failed = [r for r in rows if not r["passed"]]
+        if failed:
+            result.check_passed = False
+            if config.check_dict.get("mode", "fail") == "fail":
+                fileio.rmtree(result.output_dir)
+                raise check.CheckFailed(check.CheckReport(result.checks))
+
+
+def _example_files(input_dict) -> List[str]:
+    """Record files of the `examples` artifact's eval split (else its first split)."""
+    artifacts = input_dict.get(spec.EXAMPLES_KEY) or []
+    if not artifacts:
+        return []
+    examples_artifact = artifacts[0]
+    splits = artifact_utils.decode_split_names(examples_artifact.split_names)
+    if not splits:
+        return []
+    split = "eval" if "eval" in splits else splits[0]
+    split_dir = artifact_utils.get_split_uri([examples_artifact], split)
+    return sorted(fileio.glob(f"{split_dir}/*"))
 
 
 def _optional_uri(input_dict, key) -> Optional[str]:

@@ -29,6 +29,8 @@ USER_MODULE = "user_module"
 ENDPOINTS_PROPERTY = "exported_endpoints"
 SERVING_DEFAULT_PROPERTY = "serving_default"
 FLAVOR_PROPERTY = "source_flavor"
+# "passed", or "failed: <reasons>" when the check ran in mode "warn".
+SERVING_CHECK_PROPERTY = "serving_check"
 
 REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
 

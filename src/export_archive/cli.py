@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="replace a non-empty output directory")
     exp.add_argument("--schema", help="Schema artifact dir or schema.pbtxt (tf_example endpoints)")
     exp.add_argument("--transform-graph", help="Transform graph artifact dir (tf_example endpoints)")
+    exp.add_argument("--examples", help="tf.Example TFRecords for the serving check: a file "
+                                        "glob, a directory, or an Examples artifact dir")
+    check_flags = exp.add_mutually_exclusive_group()
+    check_flags.add_argument("--check", dest="check", action="store_const", const=True,
+                             help="run the serving check before publishing (default: as the "
+                                  "config's `check` section says)")
+    check_flags.add_argument("--no-check", dest="check", action="store_const", const=False)
     exp.add_argument("--json", action="store_true", help="print the result as JSON")
 
     desc = sub.add_parser("describe", help="list a SavedModel's signatures")
@@ -81,12 +88,18 @@ def _cmd_export(args) -> int:
             return _user_error("--schema/--transform-graph need tf_example support, which "
                                "this installation lacks (install the 'tfx' extra).")
         example_builder = examples.ExampleEndpointBuilder(
-            schema_path=args.schema, transform_graph_path=args.transform_graph)
+            schema_path=args.schema, transform_graph_path=args.transform_graph,
+            example_files=_example_files(args.examples) if args.examples else None)
+    from export_archive.check import CheckFailed
     try:
         result = writer.export(_resolve_model_path(args.model), config, args.output,
-                               overwrite=args.overwrite, example_builder=example_builder)
-    except (ConfigError, SourceError, writer.OutputExistsError) as e:
+                               overwrite=args.overwrite, example_builder=example_builder,
+                               check=args.check)
+    except (ConfigError, SourceError, writer.OutputExistsError, FileNotFoundError) as e:
         return _user_error(str(e))
+    except CheckFailed as e:
+        print(f"export-archive: {e}\nNothing was written to {args.output}.", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -97,7 +110,26 @@ def _cmd_export(args) -> int:
             print(f"  endpoint {e.name}{mode}: inputs {e.inputs} -> outputs {e.outputs}")
         for name, count in result.variable_collections.items():
             print(f"  variable collection {name}: {count} variables")
+        if result.check_passed is not None:
+            print("  serving check: " + ("passed" if result.check_passed else
+                                         "FAILED (mode warn, exported anyway)"))
+            for c in result.checks:
+                if not c["passed"]:
+                    print(f"    {c['endpoint'] or '(model)'}: {c['check']}: {c['detail']}")
     return 0
+
+
+def _example_files(path: str):
+    """A glob, a directory of TFRecords, or an Examples artifact (Split-eval preferred)."""
+    import tensorflow as tf
+    if not tf.io.gfile.isdir(path):
+        return sorted(tf.io.gfile.glob(path))
+    for split in ("Split-eval", "Split-train"):
+        if tf.io.gfile.isdir(os.path.join(path, split)):
+            path = os.path.join(path, split)
+            break
+    return sorted(os.path.join(path, f) for f in tf.io.gfile.listdir(path)
+                  if not tf.io.gfile.isdir(os.path.join(path, f)))
 
 
 def _cmd_describe(args) -> int:

@@ -155,6 +155,9 @@ def feeds_for(log, sig, graph):
             feed[graph.get_tensor_by_name(sig.inputs[key].name)] = tf.make_ndarray(proto)
         return feed
     request = getattr(log, kind).request
+    if "inputs" not in sig.inputs:  # indexing a proto map would add an empty entry
+        raise KeyError(f"a {kind.split('_')[0]} request feeds the signature input 'inputs', "
+                       f"which it lacks (inputs: {sorted(sig.inputs)})")
     examples = [e.SerializeToString() for e in request.input.example_list.examples]
     return {graph.get_tensor_by_name(sig.inputs["inputs"].name): examples}
 
