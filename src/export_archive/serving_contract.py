@@ -26,6 +26,12 @@ import os
 import sys
 import time
 
+# `import tensorflow` imports Keras eagerly when it is installed (tensorflow/__init__.py,
+# guarded by `except ImportError`); tensorflow_model_server has no Keras, so block it.
+for _name in ("keras", "tf_keras"):
+    sys.modules.setdefault(_name, None)
+# pylint: disable=wrong-import-position
+
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
@@ -240,9 +246,9 @@ def main(argv=None):
         with tf.io.TFRecordWriter(args.responses) as writer:
             for log in responses:
                 writer.write(log.SerializeToString())
-    foreign = sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "tf_keras",
-                                                                  "tensorflow_text",
-                                                                  "export_archive"))
+    foreign = sorted(m for m, module in sys.modules.items()
+                     if module is not None and m.split(".")[0] in (
+                         "keras", "tf_keras", "tensorflow_text", "export_archive"))
     with open(args.out, "w") as f:
         json.dump({"results": results, "foreign_modules": foreign}, f)
     return 0

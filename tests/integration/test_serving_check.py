@@ -1,0 +1,290 @@
+"""The serving check: TF Serving's contract in a separate process, parity, warmup, state.
+
+Every failure case asserts the failing row's check name, endpoint and a detail a
+user can act on; exports in mode "fail" must raise CheckFailed and publish nothing.
+Each check starts a TensorFlow process (~10-20 s), so exports are shared where possible.
+"""
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import export_archive
+from export_archive import archive, check, cli
+from export_archive.check import CheckFailed
+from helpers import check_models, models
+
+pytestmark = pytest.mark.integration
+
+WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
+SERVE = {"endpoints": [{"name": "serve"}]}
+
+
+def failing(rows, name, endpoint=None):
+    """The failing rows for check `name` (and `endpoint`); asserts there is one."""
+    found = [r for r in rows if not r["passed"] and r["check"] == name
+             and (endpoint is None or r["endpoint"] == endpoint)]
+    assert found, f"no failing {name!r} row for {endpoint!r} in {rows}"
+    return found
+
+
+def max_abs_diff(detail):
+    return float(re.search(r"max abs diff ([-+.e\d]+),", detail).group(1))
+
+
+def rows_of(rows, name):
+    return {r["endpoint"]: r for r in rows if r["check"] == name}
+
+
+def export_must_fail(model, config, out):
+    """Exports in mode fail; returns the report after asserting nothing was published."""
+    with pytest.raises(CheckFailed) as err:
+        export_archive.export(model, config, out, check=True)
+    assert not os.path.exists(out)
+    assert os.listdir(os.path.dirname(out)) == [], "temporary siblings left behind"
+    return err.value.report
+
+
+# ---- passing path
+
+
+@pytest.fixture(scope="module")
+def dropout_model():
+    return check_models.dropout_model()
+
+
+@pytest.fixture(scope="module")
+def passing(dropout_model, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("passing") / "m")
+    cfg = {"endpoints": [
+        {"name": "serve"},
+        {"name": "call_training", "training": True},
+        {"name": "doubled", "fn": "helpers.factories:make_doubled_with_signature",
+         "output_keys": ["twice"]}]}
+    return export_archive.export(dropout_model, cfg, out, check=True), out
+
+
+def test_passing_export_writes_warmup_and_reports_every_check(dropout_model, passing):
+    result, out = passing
+    assert result.check_passed is True, result.checks
+    assert all(r["passed"] for r in result.checks)
+    present = {r["check"] for r in result.checks}
+    assert {"ops", "serving_default", "dtypes", "load", "run", "parity", "state",
+            "warmup_written"} <= present
+    signatures = {"serve", "call_training", "doubled", "serving_default"}
+    assert set(rows_of(result.checks, "dtypes")) == signatures
+    assert set(rows_of(result.checks, "parity")) == {"serve", "call_training", "doubled"}
+    assert rows_of(result.checks, "state")["call_training"]["passed"]
+
+    runs = rows_of(result.checks, "run")
+    assert set(runs) == signatures
+    for row in runs.values():
+        assert re.search(r"batch 1: p50 [\d.]+ ms, p99 [\d.]+ ms", row["detail"]), row
+        assert re.search(r"batch 64: p50 [\d.]+ ms, p99 [\d.]+ ms", row["detail"]), row
+    assert "not deterministic" in runs["call_training"]["detail"]  # Dropout in training
+
+    from tensorflow_serving.apis import prediction_log_pb2
+    warmup = os.path.join(out, WARMUP)
+    assert os.path.exists(warmup)
+    logs = []
+    for record in tf.compat.v1.io.tf_record_iterator(warmup):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record)
+        assert log.WhichOneof("log_type") == "predict_log"
+        logs.append(log)
+    names = [log.predict_log.request.model_spec.signature_name for log in logs]
+    assert sorted(names) == sorted(signatures)
+
+    revived = tf.saved_model.load(out)
+    x = check_models.sample(5)
+    np.testing.assert_allclose(revived.signatures["serve"](features=x)["output_0"],
+                               dropout_model(x, training=False), atol=1e-5)
+    np.testing.assert_allclose(revived.signatures["doubled"](args_0=x)["twice"],
+                               2 * dropout_model(x, training=False), atol=1e-5)
+
+
+def test_contract_process_imports_nothing_but_tensorflow(passing):
+    _, out = passing
+    requests = check.build_requests(out, {}, None, check.SMALL_BATCH)
+    data = check.run_contract(out, requests)
+    assert data["foreign_modules"] == []
+    assert all(r["passed"] for r in data["results"]), data["results"]
+    assert {r["check"] for r in data["results"]} >= {"ops", "load", "run", "warmup"}
+
+
+# ---- the contract, on SavedModels that break it
+
+
+def test_missing_serving_default(tmp_path, capsys):
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def predict(self, x):
+            return {"y": 2.0 * x}
+
+    module = Module()
+    out = str(tmp_path / "m")
+    tf.saved_model.save(module, out, signatures={"predict_only": module.predict})
+
+    report = check.check_saved_model(out)
+    assert not report.passed
+    (row,) = failing(report.results, "serving_default")
+    assert "no 'serving_default' signature" in row["detail"]
+    assert "['predict_only']" in row["detail"]
+    assert [r["check"] for r in report.failures()] == ["serving_default"]
+
+    assert cli.main(["check", out]) == 1
+    printed = capsys.readouterr().out
+    assert re.search(r"FAIL serving_default\s+-\s+no 'serving_default'", printed)
+    assert "serving check FAILED" in printed
+
+
+def test_op_registered_outside_core_tensorflow(dropout_model, tmp_path):
+    from tensorflow.python.framework import op_def_registry
+    cfg = {"endpoints": [{"name": "serve"},
+                         {"name": "tokens", "fn": "helpers.check_models:make_tokenizer_fn"}]}
+    report = export_must_fail(dropout_model, cfg, str(tmp_path / "fail" / "m"))
+    (row,) = failing(report.results, "ops", "")
+    assert "not registered in core TensorFlow" in row["detail"]
+    assert "TF Serving will fail to load the model" in row["detail"]
+    listed = row["detail"].rsplit(": ", 1)[1].split(", ")
+    assert listed and all(listed)
+    assert any("WhitespaceTokenize" in op for op in listed), listed
+    for op in listed:
+        assert not hasattr(tf.raw_ops, op.split(">")[-1])
+        # Registered here (tensorflow_text is imported), not in the serving process.
+        assert op_def_registry.get(op) is not None
+
+    # The naive check, loading in this process, would pass: that is the point.
+    out = str(tmp_path / "ok" / "m")
+    export_archive.export(dropout_model, cfg, out, check=False)
+    revived = tf.saved_model.load(out)
+    got = revived.signatures["tokens"](text=tf.constant(["a b c", "d"]))["num_tokens"]
+    np.testing.assert_array_equal(got, [3.0, 1.0])
+
+
+def test_variant_output_cannot_be_served(dropout_model, tmp_path):
+    cfg = {"endpoints": [{"name": "serve"},
+                         {"name": "with_dataset", "fn": "helpers.check_models:make_variant_fn"}]}
+    report = export_must_fail(dropout_model, cfg, str(tmp_path / "m"))
+    (row,) = failing(report.results, "dtypes", "with_dataset")
+    assert "output 'dataset' has dtype DT_VARIANT" in row["detail"]
+    assert "TensorProto cannot carry" in row["detail"]
+    assert rows_of(report.results, "dtypes")["serve"]["passed"]
+
+
+def test_classify_method_without_inputs_key(dropout_model, tmp_path, capsys):
+    out = str(tmp_path / "m")
+    export_archive.export(dropout_model, SERVE, out, check=False)
+    archive.set_method_names(out, {"serve": "tensorflow/serving/classify"})
+    report = check.check_saved_model(out)
+    (row,) = failing(report.results, "dtypes", "serve")
+    assert "needs exactly one DT_STRING input named 'inputs'" in row["detail"]
+    assert "outputs must be 'classes' and/or 'scores', got ['output_0']" in row["detail"]
+    (run,) = failing(report.results, "run", "serve")
+    assert "'inputs'" in run["detail"] and "['features']" in run["detail"]
+    # serving_default still aliases the Predict signature and keeps working.
+    assert rows_of(report.results, "dtypes")["serving_default"]["passed"]
+    assert rows_of(report.results, "run")["serving_default"]["passed"]
+
+
+@pytest.mark.parametrize("payload", ["garbage_record", "not_a_tfrecord"])
+def test_corrupt_warmup_file(passing, tmp_path, payload):
+    _, good = passing
+    out = str(tmp_path / "m")
+    shutil.copytree(good, out)
+    path = os.path.join(out, WARMUP)
+    if payload == "garbage_record":
+        with tf.io.TFRecordWriter(path) as writer:
+            writer.write(b"not a proto \xff")
+    else:
+        with open(path, "wb") as f:
+            f.write(np.random.default_rng(0).bytes(256))
+    report = check.check_saved_model(out)
+    assert [r["check"] for r in report.failures()] == ["warmup"]
+    (row,) = failing(report.results, "warmup", "")
+    assert "assets.extra/tf_serving_warmup_requests does not parse as PredictionLogs" \
+        in row["detail"]
+    assert "TF Serving will refuse to load the model" in row["detail"]
+
+
+# ---- parity, state and tolerances
+
+
+@pytest.fixture(scope="module")
+def drift_model():
+    return check_models.drift_model(1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_drift_model():
+    return check_models.drift_model(1e-3)
+
+
+def test_drifting_endpoint_fails_parity(drift_model, tmp_path):
+    report = export_must_fail(drift_model, SERVE, str(tmp_path / "m"))
+    (row,) = failing(report.results, "parity", "serve")
+    assert "output_0 drifts from the model" in row["detail"]
+    assert max_abs_diff(row["detail"]) == pytest.approx(1.0, abs=1e-3), row["detail"]
+    assert [r["check"] for r in report.failures()] == ["parity"]
+
+
+def test_warn_mode_publishes_and_flags(drift_model, tmp_path):
+    out = str(tmp_path / "m")
+    result = export_archive.export(drift_model, {**SERVE, "check": {"mode": "warn"}}, out)
+    assert result.check_passed is False
+    assert os.path.exists(os.path.join(out, "saved_model.pb"))
+    assert os.listdir(tmp_path) == ["m"]
+    (row,) = failing(result.checks, "parity", "serve")
+    assert "drifts" in row["detail"]
+    assert os.path.exists(os.path.join(out, WARMUP))
+
+
+def test_training_endpoint_that_mutates_inference(tmp_path):
+    model = models.single_input("keras3", "functional")  # has BatchNormalization
+    cfg = {"endpoints": [{"name": "serve"}, {"name": "call_training", "training": True}]}
+    report = export_must_fail(model, cfg, str(tmp_path / "m"))
+    (row,) = failing(report.results, "state", "call_training")
+    assert "BatchNormalization" in row["detail"]
+    assert "changed what 'serve' returns" in row["detail"]
+    assert [r["check"] for r in report.failures()] == ["state"]
+
+
+@pytest.mark.parametrize("tolerances,passes", [
+    ({"atol": 1e-2, "rtol": 0}, True),
+    ({}, False),
+])
+def test_tolerances_from_config(tiny_drift_model, tmp_path, tolerances, passes):
+    cfg = {**SERVE, "check": {"enabled": True, **tolerances}}
+    out = str(tmp_path / "m")
+    if passes:
+        result = export_archive.export(tiny_drift_model, cfg, out)
+        assert result.check_passed is True, result.checks
+        detail = rows_of(result.checks, "parity")["serve"]["detail"]
+        assert max_abs_diff(detail) == pytest.approx(1e-3, rel=1e-2), detail
+    else:
+        with pytest.raises(CheckFailed) as err:
+            export_archive.export(tiny_drift_model, cfg, out)
+        assert not os.path.exists(out) and os.listdir(tmp_path) == []
+        (row,) = failing(err.value.report.results, "parity", "serve")
+        assert "drifts" in row["detail"] and "(rtol 1e-05, atol 1e-05)" in row["detail"]
+
+
+def test_cli_export_check_refuses_drifting_model(drift_model, tmp_path, capsys):
+    model_path = tmp_path / "model.keras"
+    drift_model.save(model_path)
+    cfg = {**SERVE, "import_modules": ["helpers.check_models"]}
+    out = tmp_path / "pub" / "out"
+    code = cli.main(["export", "--model", str(model_path), "--config", json.dumps(cfg),
+                     "--output", str(out), "--check"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"Nothing was written to {out}" in err
+    assert "serve: parity: output_0 drifts from the model" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert os.listdir(tmp_path / "pub") == []
