@@ -21,6 +21,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="directory for pipeline outputs, metadata and pushed models")
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--no-cache", action="store_true", help="disable the TFX cache")
+    parser.add_argument("--infra-validate", action="store_true",
+                        help="validate with InfraValidator against a tensorflow_model_server "
+                             "on PATH (local process) before pushing")
     return parser.parse_args(argv)
 
 
@@ -35,7 +38,7 @@ def latest_push(serving_model_dir: str) -> Optional[str]:
 
 
 def run(keras_version: str = "3", root: str = "runs", train_steps: int = 100,
-        enable_cache: bool = True) -> str:
+        enable_cache: bool = True, infra_validate: bool = False) -> str:
     """Runs the pipeline; returns the pushed model directory."""
     if keras_version == "2":
         # Must precede the first TensorFlow import: it decides what tf.keras is.
@@ -51,6 +54,7 @@ def run(keras_version: str = "3", root: str = "runs", train_steps: int = 100,
     tfx.orchestration.LocalDagRunner().run(pipeline.create_pipeline(
         pipeline_name=name, pipeline_root=pipeline_root, serving_model_dir=serving_model_dir,
         keras_version=keras_version, train_steps=train_steps, enable_cache=enable_cache,
+        infra_validation={} if infra_validate else None,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path)))
     pushed = latest_push(serving_model_dir)
@@ -61,7 +65,7 @@ def run(keras_version: str = "3", root: str = "runs", train_steps: int = 100,
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    pushed = run(args.keras, args.root, args.train_steps, not args.no_cache)
+    pushed = run(args.keras, args.root, args.train_steps, not args.no_cache, args.infra_validate)
     from export_archive import describe
     print(f"\nPushed model: {pushed}")
     print(describe.format_signatures(describe.describe(pushed)))

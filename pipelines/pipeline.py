@@ -43,8 +43,19 @@ def create_pipeline(pipeline_name: str,
                     eval_steps: int = 10,
                     metadata_connection_config=None,
                     beam_pipeline_args: Optional[List[str]] = None,
-                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
-    """Builds the pipeline; `keras_version` picks the Trainer module ("3" or "2")."""
+                    enable_cache: bool = True,
+                    infra_validation: Optional[Dict[str, Any]] = None,
+                    infra_signature_names: Optional[List[str]] = None,
+                    infra_max_loading_seconds: int = 300) -> tfx.dsl.Pipeline:
+    """Builds the pipeline; `keras_version` picks the Trainer module ("3" or "2").
+
+    `infra_validation`, when given, is the local-process serving config of our
+    InfraValidator (see docs/infra_validation.md): the exported model is then
+    validated against TF Serving with requests built from the eval split for
+    `infra_signature_names` (default: serving_default), and, as TFX documents
+    for `make_warmup`, Pusher takes only the blessing and pushes InfraValidator's
+    stamped model (our export plus a warmup file of the requests it sent).
+    """
     if keras_version not in TRAINER_MODULES:
         raise ValueError(f"keras_version must be one of {sorted(TRAINER_MODULES)}, "
                          f"got {keras_version!r}")
@@ -68,16 +79,32 @@ def create_pipeline(pipeline_name: str,
         transform_graph=transform.outputs["transform_graph"],
         examples=example_gen.outputs["examples"],
         export_config=export_config or DEFAULT_EXPORT_CONFIG)
-    pusher = tfx.components.Pusher(
-        model=exporter.outputs["model"],
+    components = [example_gen, statistics_gen, schema_gen, transform, trainer, exporter]
+    push_inputs = {"model": exporter.outputs["model"]}
+    if infra_validation is not None:
+        from export_archive.components.infra_validator import InfraValidator
+        infra_validator = InfraValidator(
+            model=exporter.outputs["model"], examples=example_gen.outputs["examples"],
+            serving_spec=tfx.proto.ServingSpec(
+                tensorflow_serving=tfx.proto.TensorFlowServing(), model_name="penguin"),
+            validation_spec=tfx.proto.ValidationSpec(
+                max_loading_time_seconds=infra_max_loading_seconds, num_tries=1),
+            request_spec=tfx.proto.RequestSpec(
+                tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(
+                    signature_names=infra_signature_names or ["serving_default"]),
+                split_name="eval", num_examples=2, make_warmup=True),
+            local_process_config=infra_validation)
+        components.append(infra_validator)
+        push_inputs = {"infra_blessing": infra_validator.outputs["blessing"]}
+    components.append(tfx.components.Pusher(
+        **push_inputs,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=serving_model_dir)))
+                base_directory=serving_model_dir))))
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, transform, trainer,
-                    exporter, pusher],
+        components=components,
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or ["--direct_num_workers=1"])

@@ -1,0 +1,6 @@
+"""ModelExporter as a standalone KFP v2 component (plain KFP, no TFX runtime).
+
+`component.model_exporter` is the component; `model_exporter_component.yaml` is
+its compiled form, loadable with `kfp.components.load_component_from_file`.
+Importing this package does not import kfp.
+"""

@@ -37,7 +37,9 @@ REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.
 
 class ExportReport(types.Artifact):
     """What ModelExporter wrote: endpoints, specs, sizes, check results (JSON, Markdown, HTML)."""
-    TYPE_NAME = "ExportReport"
+    # "namespace.Name": the KFP v2 / Vertex compiler accepts custom artifact types
+    # only under that form (it becomes the artifact's schema title).
+    TYPE_NAME = "export_archive.ExportReport"
 
 
 class ModelExporterSpec(component_spec.ComponentSpec):

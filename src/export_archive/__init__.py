@@ -8,14 +8,18 @@ from export_archive.config import ConfigError, ExportConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "ExportConfig", "ExportResult", "export", "describe", "__version__"]
+# `export_archive.describe` is the submodule (describe.describe(dir) lists signatures).
+__all__ = ["ConfigError", "ExportConfig", "ExportResult", "export", "__version__"]
 
 
 def __getattr__(name):
     if name in ("export", "ExportResult"):
         from export_archive import writer
         return getattr(writer, name)
-    if name == "describe":
-        from export_archive.describe import describe
-        return describe
+    if name == "ExportReport":
+        # Not used by the core. TFX's KFP v2 / Vertex entrypoint rebuilds a custom
+        # artifact type by importing its type name, which the v2 compiler requires to
+        # be "<top-level module>.<Class>": "export_archive.ExportReport" must resolve.
+        from export_archive.components.tfx.spec import ExportReport
+        return ExportReport
     raise AttributeError(f"module 'export_archive' has no attribute {name!r}")

@@ -176,10 +176,18 @@ def _leaves(structure, key=None):
 
 def adapt(tensor, spec: tf.TensorSpec, name: str = ""):
     """Fits a parsed feature to a model input: densify, add/drop a trailing 1, cast."""
-    if isinstance(tensor, tf.SparseTensor):
+    if isinstance(tensor, (tf.SparseTensor, tf.RaggedTensor)):
+        # Densify to the width the model expects: a batch in which no example has an
+        # optional (VarLen) feature would otherwise densify to width 0 and fail.
+        if isinstance(tensor, tf.RaggedTensor):
+            tensor = tensor.to_sparse()
+        width = _dense_width(tensor, spec)
+        if width is not None:
+            tensor = tf.sparse.reset_shape(tensor, tf.stack(
+                [tf.shape(tensor, out_type=tf.int64)[0], tf.constant(width, tf.int64)]))
         tensor = tf.sparse.to_dense(tensor)
-    elif isinstance(tensor, tf.RaggedTensor):
-        tensor = tensor.to_tensor()
+        if width is not None:
+            tensor = tf.ensure_shape(tensor, [None, width])
     rank = spec.shape.rank
     if rank is not None and tensor.shape.rank is not None:
         if rank == tensor.shape.rank + 1 and spec.shape[-1] == 1:
@@ -193,6 +201,17 @@ def adapt(tensor, spec: tf.TensorSpec, name: str = ""):
                               "matching string-ness", "transform the feature first")
         tensor = tf.cast(tensor, spec.dtype)
     return tensor
+
+
+def _dense_width(tensor, spec: tf.TensorSpec) -> Optional[int]:
+    """The static last dim a rank-2 sparse/ragged feature must densify to, if known."""
+    if tensor.shape.rank != 2 or spec.shape.rank is None:
+        return None
+    if spec.shape.rank == 2:
+        return spec.shape[-1]          # None when the model input is itself variable-width
+    if spec.shape.rank == 1:
+        return 1                       # then squeezed to the rank-1 input below
+    return None
 
 
 def _shape_outputs(outputs, method: str, where: str):

@@ -1,0 +1,339 @@
+"""The local-process serving platform: TF Serving as a child process of the component.
+
+TFX's InfraValidator starts the model server in a Docker container
+(`local_docker`) or a Kubernetes pod (`kubernetes`). Inside a KFP v2 / Vertex AI
+container neither is available, but the container can carry the
+`tensorflow_model_server` binary itself. This platform runs that binary as a
+child process, with TFX's own client, retries and request builder around it:
+
+    tensorflow_model_server --port=PORT --model_name=NAME \\
+        --model_base_path=BASE [extra flags...]
+
+`LocalProcessConfig` says how (binary, port, where the model is served from,
+extra flags, environment); `LocalProcessRunner` is a TFX `BaseModelServerRunner`
+that starts the process, waits until it listens, and always stops it
+(SIGTERM to its process group, then SIGKILL after `stop_timeout_seconds`). The
+process's stdout and stderr go to a log file the executor keeps.
+
+Example::
+
+    LocalProcessConfig.parse({"binary": "/usr/bin/tensorflow_model_server",
+                              "extra_flags": ["--enable_batching"]})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Any, Dict, List, Optional, Union
+
+from tfx.components.infra_validator import error_types
+from tfx.components.infra_validator.model_server_runners import base_runner
+from tfx.utils import io_utils
+
+DEFAULT_BINARY = "tensorflow_model_server"
+# Flags the platform sets itself; the config has a field for each.
+OWNED_FLAGS = {"--port": "port", "--model_name": "ServingSpec.model_name",
+               "--model_base_path": "model_base_path"}
+_POLLING_INTERVAL_SEC = 0.5
+
+
+class LocalProcessConfigError(ValueError):
+    """A bad `local_process_config`; the message names the field and the fix."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        super().__init__(f"local_process_config field `{field}`: {problem}. fix: {fix}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalProcessConfig:
+    """How the component runs the model server as a child process.
+
+    Attributes:
+      binary: the TF Serving binary, a name looked up on PATH or a path.
+      port: gRPC port; 0 picks a free port when the server starts.
+      model_base_path: a local directory to serve from. Empty: serve from where
+        InfraValidator prepared the model (`<tmp>/<model_name>/<version>`, which
+        is on the pipeline root's file system, e.g. gs:// on Vertex, and TF
+        Serving reads gs:// itself). Set it when the binary cannot read that file
+        system: the model version is copied to `<model_base_path>/<version>`
+        before the server starts and removed after it stops.
+      extra_flags: more `--flag=value` arguments (e.g. `--enable_batching`,
+        `--rest_api_port=0`); --port, --model_name and --model_base_path are
+        the platform's own.
+      env: extra environment variables for the process.
+      stop_timeout_seconds: how long the server gets to exit after SIGTERM
+        before it is killed.
+    """
+
+    binary: str = DEFAULT_BINARY
+    port: int = 0
+    model_base_path: str = ""
+    extra_flags: List[str] = dataclasses.field(default_factory=list)
+    env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    stop_timeout_seconds: float = 10.0
+
+    @classmethod
+    def parse(cls, value: Union["LocalProcessConfig", Dict[str, Any], str, None]
+              ) -> "LocalProcessConfig":
+        """From a config, a dict or JSON text; validates every field."""
+        if isinstance(value, cls):
+            value.validate()
+            return value
+        if value is None:
+            value = {}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as e:
+                raise LocalProcessConfigError("(root)", f"not valid JSON ({e})",
+                                              "pass a dict or a JSON object") from None
+        if not isinstance(value, dict):
+            raise LocalProcessConfigError("(root)", f"expected an object, got "
+                                          f"{type(value).__name__}", "pass a dict")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise LocalProcessConfigError(unknown[0], "unknown field",
+                                          f"use one of {sorted(known)}")
+        config = cls(**{k: (list(v) if k == "extra_flags" and isinstance(v, (list, tuple))
+                            else v) for k, v in value.items()})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not isinstance(self.binary, str) or not self.binary:
+            raise LocalProcessConfigError("binary", f"got {self.binary!r}",
+                                          "name the TF Serving binary, e.g. "
+                                          f"{DEFAULT_BINARY!r}")
+        if (not isinstance(self.port, int) or isinstance(self.port, bool)
+                or not 0 <= self.port <= 65535):
+            raise LocalProcessConfigError("port", f"got {self.port!r}",
+                                          "use 0 (a free port) or a port number")
+        if not isinstance(self.model_base_path, str):
+            raise LocalProcessConfigError("model_base_path", f"got {self.model_base_path!r}",
+                                          "use a directory path, or '' to serve in place")
+        if not isinstance(self.extra_flags, list) or not all(
+                isinstance(f, str) for f in self.extra_flags):
+            raise LocalProcessConfigError("extra_flags", f"got {self.extra_flags!r}",
+                                          'use a list of strings, e.g. ["--enable_batching"]')
+        for i, flag in enumerate(self.extra_flags):
+            name = flag.split("=", 1)[0]
+            if not flag.startswith("--"):
+                raise LocalProcessConfigError(f"extra_flags[{i}]", f"{flag!r} is not a flag",
+                                              "write flags as --name=value")
+            if name in OWNED_FLAGS:
+                raise LocalProcessConfigError(
+                    f"extra_flags[{i}]", f"{name} is set by the platform",
+                    f"set {OWNED_FLAGS[name]} instead")
+        if not isinstance(self.env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            raise LocalProcessConfigError("env", f"got {self.env!r}",
+                                          "use an object of string names to string values")
+        if (not isinstance(self.stop_timeout_seconds, (int, float))
+                or isinstance(self.stop_timeout_seconds, bool)
+                or self.stop_timeout_seconds <= 0):
+            raise LocalProcessConfigError("stop_timeout_seconds",
+                                          f"got {self.stop_timeout_seconds!r}",
+                                          "use a positive number of seconds")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def resolve_binary(self) -> str:
+        """The binary's path; raises FileNotFoundError saying how to provide it.
+
+        Called before any validation attempt: a missing binary is a problem of
+        the component's image or configuration, not of the model, so it fails
+        the component instead of marking the model not blessed.
+        """
+        found = shutil.which(self.binary)
+        if found is None:
+            where = ("is not executable or does not exist" if os.sep in self.binary
+                     else f"was not found on PATH ({os.environ.get('PATH', '')})")
+            raise FileNotFoundError(
+                f"local_process_config.binary {self.binary!r} {where}. Install TF Serving "
+                "in the component image (e.g. copy /usr/bin/tensorflow_model_server from the "
+                "tensorflow/serving image of the version you deploy) or set "
+                "local_process_config={'binary': '/path/to/tensorflow_model_server'}.")
+        return found
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("localhost", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def last_line(text: Optional[str]) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else ""
+
+
+def tail(text: Optional[str], max_chars: int = 3000) -> str:
+    """The end of a log, cut at a line boundary."""
+    if not text:
+        return ""
+    if len(text) <= max_chars:
+        return text
+    cut = text[-max_chars:]
+    return "..." + cut[cut.find("\n"):] if "\n" in cut else "..." + cut
+
+
+class LocalProcessRunner(base_runner.BaseModelServerRunner):
+    """Runs the model server as a child process (a TFX BaseModelServerRunner).
+
+    States as TFX defines them: `Start()` spawns the process (Scheduled);
+    `WaitUntilRunning()` returns once it accepts connections on its port
+    (Running) and raises `JobAborted` if it exits first, which is how TF
+    Serving reports a model it cannot load ("Failed to start server ...").
+    `Stop()` never raises and can be called before or after a failed `Start()`.
+    """
+
+    def __init__(self, model_path: str, model_name: str, config: LocalProcessConfig,
+                 log_path: str):
+        self._model_path = model_path.rstrip("/")
+        self._model_name = model_name
+        self._config = config
+        self._log_path = log_path
+        self._process: Optional[subprocess.Popen] = None
+        self._log_file = None
+        self._port = config.port
+        self._copied_to: Optional[str] = None
+        self._endpoint: Optional[str] = None
+
+    def __repr__(self) -> str:
+        pid = self._process.pid if self._process else None
+        return (f"LocalProcessRunner(binary={self._config.binary!r}, port={self._port}, "
+                f"model_name={self._model_name!r}, pid={pid})")
+
+    @property
+    def command(self) -> List[str]:
+        return [self._config.resolve_binary(), f"--port={self._port}",
+                f"--model_name={self._model_name}",
+                f"--model_base_path={self._model_base_path()}", *self._config.extra_flags]
+
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        return self._process
+
+    @property
+    def log_path(self) -> str:
+        return self._log_path
+
+    def _model_base_path(self) -> str:
+        # TF Serving serves `<model_base_path>/<version>/`; InfraValidator has
+        # already laid the model out as `<tmp>/<model_name>/<version>`.
+        if self._config.model_base_path:
+            return self._config.model_base_path
+        return os.path.dirname(self._model_path)
+
+    def GetEndpoint(self) -> str:
+        assert self._endpoint is not None, "the model server is not running yet"
+        return self._endpoint
+
+    def Start(self) -> None:
+        assert self._process is None, "Start() called twice"
+        if self._port == 0:
+            self._port = _free_port()
+        elif _port_in_use(self._port):
+            # Otherwise another server on that port would answer our requests.
+            raise error_types.JobAborted(
+                f"port {self._port} is already in use; set local_process_config port=0 "
+                "to pick a free port")
+        if self._config.model_base_path:
+            version = os.path.basename(self._model_path)
+            self._copied_to = os.path.join(self._config.model_base_path, version)
+            io_utils.copy_dir(src=self._model_path, dst=self._copied_to)
+        command = self.command
+        os.makedirs(os.path.dirname(self._log_path) or ".", exist_ok=True)
+        self._log_file = open(self._log_path, "wb")
+        self._log_file.write(("$ " + " ".join(command) + "\n").encode())
+        self._log_file.flush()
+        # A session of its own: Stop() signals the whole process group, so a
+        # wrapper script and the server it starts both go.
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=self._log_file,
+            stderr=subprocess.STDOUT, env={**os.environ, **self._config.env},
+            start_new_session=True)
+
+    def WaitUntilRunning(self, deadline: float) -> None:
+        assert self._process is not None, "the model server has not been started"
+        while time.time() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                raise error_types.JobAborted(
+                    f"{os.path.basename(self._config.binary)} exited with code {code} before "
+                    f"it served the model; its last log line: {last_line(self.GetLogs())!r}")
+            if _listening(self._port):
+                self._endpoint = f"localhost:{self._port}"
+                return
+            time.sleep(_POLLING_INTERVAL_SEC)
+        raise error_types.DeadlineExceeded(
+            f"the model server did not listen on port {self._port} within the loading "
+            "deadline (ValidationSpec.max_loading_time_seconds); its last log line: "
+            f"{last_line(self.GetLogs())!r}")
+
+    def GetLogs(self) -> Optional[str]:
+        if self._log_file is not None and not self._log_file.closed:
+            self._log_file.flush()
+        try:
+            with open(self._log_path, "rb") as f:
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+
+    def Stop(self) -> None:
+        try:
+            self._stop_process()
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+            if self._copied_to:
+                try:
+                    io_utils.delete_dir(self._copied_to)
+                except Exception:  # pylint: disable=broad-except  # Stop() must not raise
+                    pass
+
+    def _stop_process(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                process.wait(timeout=self._config.stop_timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                process.wait()
+        # Children a wrapper left behind in the group, if any.
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum) -> None:
+        try:
+            os.killpg(self._process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,186 @@
+"""Compiles the pipeline for Kubeflow Pipelines v2 and Vertex AI Pipelines (no submission).
+
+    python -m export_archive.pipelines.kubeflow_v2_runner \\
+        --image us-docker.pkg.dev/PROJECT/REPO/tfx-export-archive:0.1.0 \\
+        --pipeline-root gs://BUCKET/tfx-export-archive \\
+        --output-dir build/ --format json            # Vertex PipelineJob JSON
+        # --format yaml                              # KFP v2 PipelineSpec YAML
+
+`json` is what `KubeflowV2DagRunner` writes by default: a PipelineJob (display name,
+labels, runtimeConfig with gcsOutputDirectory = pipeline root, and the PipelineSpec
+under `pipelineSpec`) — the template `aiplatform.PipelineJob` submits. `yaml` is the
+same PipelineSpec on its own, the file KFP v2 (`kfp.Client().create_run_from_pipeline_package`,
+the KFP UI upload, `kfp.components.load_component_from_file`) reads; TFX's runner writes
+it when the output file name ends in `.yaml`.
+
+Nothing here runs the pipeline or touches the pipeline root: the user modules
+(Transform, Trainer) are referenced by their import path in the installed package
+(the component image has it), so TFX does not build and upload module wheels at
+compile time.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+# The penguin CSV ships in the component image here (deploy/Dockerfile copies it):
+# CsvExampleGen's driver reads `input_base` inside the container, so the default
+# data root must be a container path, not a path on the machine that compiles.
+IMAGE_DATA_ROOT = "/opt/tfx-export-archive/data/penguins"
+DEFAULT_IMAGE = "tfx-export-archive:0.1.0"
+DEFAULT_PIPELINE_NAME = "export-archive-penguin"
+# Pusher's destination under the pipeline root (deploy/k8s serves from there).
+SERVING_MODEL_SUBDIR = "serving_model"
+FORMATS = {"json": "pipeline.json", "yaml": "pipeline.yaml"}
+EXPORTER_ID = "ModelExporter"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kubeflow_v2_runner",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--image", default=DEFAULT_IMAGE,
+                        help="component image (deploy/Dockerfile) every step runs in")
+    parser.add_argument("--pipeline-root", required=True,
+                        help="where the pipeline writes artifacts, e.g. gs://BUCKET/root")
+    parser.add_argument("--serving-model-dir",
+                        help=f"Pusher destination (default: <pipeline-root>/"
+                             f"{SERVING_MODEL_SUBDIR})")
+    parser.add_argument("--data-root", default=IMAGE_DATA_ROOT,
+                        help="CSV directory as the container sees it (default: the "
+                             "penguin data baked into the image)")
+    parser.add_argument("--output-dir", default=".", help="where to write the compiled file")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="json",
+                        help="json: Vertex PipelineJob; yaml: KFP v2 PipelineSpec")
+    parser.add_argument("--pipeline-name", default=DEFAULT_PIPELINE_NAME)
+    parser.add_argument("--keras", choices=["3", "2"], default="3")
+    parser.add_argument("--train-steps", type=int, default=100)
+    parser.add_argument("--export-config",
+                        help="ModelExporter's export config, JSON text or a JSON file "
+                             "(default: the pipeline's DEFAULT_EXPORT_CONFIG)")
+    parser.add_argument("--beam-pipeline-args", action="append", default=[],
+                        metavar="ARGS",
+                        help="Beam flags for every Beam step, as one quoted string "
+                             "(repeatable): --beam-pipeline-args='--runner=DataflowRunner "
+                             "--project=P --region=R --temp_location=gs://B/tmp'")
+    parser.add_argument("--exporter-cpu", type=float,
+                        help="ModelExporter vCPU limit (KFP v2 ResourceSpec.cpu_limit)")
+    parser.add_argument("--exporter-memory", type=float,
+                        help="ModelExporter memory limit in GB (ResourceSpec.memory_limit)")
+    parser.add_argument("--no-cache", action="store_true")
+    return parser.parse_args(argv)
+
+
+def split_beam_args(values: Sequence[str]) -> Optional[List[str]]:
+    args = [a for v in values for a in shlex.split(v)]
+    return args or None
+
+
+def load_export_config(text_or_path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The --export-config value, validated now (a bad config fails the compile)."""
+    if not text_or_path:
+        return None
+    from export_archive.config import ExportConfig
+    return ExportConfig.parse(text_or_path).to_dict()
+
+
+def use_installed_modules(pipeline) -> Dict[str, str]:
+    """Points every `module_file` of the project's own modules at the installed package.
+
+    create_pipeline passes module files by local path; under LocalDagRunner that is
+    right. In a container the same code is importable as `export_archive.pipelines.
+    modules.*`, so we set `module_path` (udf_utils.get_fn imports it) and clear
+    `module_file`: TFX then has no user-module wheel to build and upload to the
+    pipeline root at compile time. Returns {component id: module path}.
+    """
+    from export_archive.pipelines import pipeline as pipeline_module
+    package_dir = os.path.realpath(pipeline_module.PACKAGE_DIR)
+    changed = {}
+    for component in pipeline.components:
+        props = component.spec.exec_properties
+        module_file = props.get("module_file")
+        if not isinstance(module_file, str):
+            continue
+        path = os.path.realpath(module_file)
+        if os.path.commonpath([path, package_dir]) != package_dir:
+            continue   # a user's own module: leave TFX's wheel packaging to it
+        relative = os.path.splitext(os.path.relpath(path, package_dir))[0]
+        module_path = "export_archive.pipelines." + relative.replace(os.sep, ".")
+        props["module_file"] = None
+        props["module_path"] = module_path
+        changed[component.id] = module_path
+    return changed
+
+
+def resource_spec(cpu: Optional[float] = None, memory_gb: Optional[float] = None):
+    """A KFP v2 container ResourceSpec (what KubeflowV2DagRunner reads from
+    `component.with_platform_config`), or None if neither limit is set."""
+    if cpu is None and memory_gb is None:
+        return None
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    if cpu is not None:
+        spec.cpu_limit = cpu
+    if memory_gb is not None:
+        spec.memory_limit = memory_gb
+    return spec
+
+
+def build_pipeline(pipeline_root: str, serving_model_dir: Optional[str] = None,
+                   data_root: str = IMAGE_DATA_ROOT,
+                   pipeline_name: str = DEFAULT_PIPELINE_NAME, keras_version: str = "3",
+                   train_steps: int = 100, beam_pipeline_args: Optional[List[str]] = None,
+                   exporter_resources=None, enable_cache: bool = True,
+                   export_config: Optional[Dict[str, Any]] = None):
+    from export_archive.pipelines import pipeline as pipeline_module
+    serving_model_dir = (serving_model_dir
+                         or pipeline_root.rstrip("/") + "/" + SERVING_MODEL_SUBDIR)
+    tfx_pipeline = pipeline_module.create_pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root,
+        serving_model_dir=serving_model_dir, data_root=data_root,
+        keras_version=keras_version, export_config=export_config,
+        train_steps=train_steps, beam_pipeline_args=beam_pipeline_args,
+        enable_cache=enable_cache)
+    use_installed_modules(tfx_pipeline)
+    if exporter_resources is not None:
+        exporter = next(c for c in tfx_pipeline.components if c.id == EXPORTER_ID)
+        exporter.with_platform_config(exporter_resources)
+    return tfx_pipeline
+
+
+def compile_pipeline(tfx_pipeline, image: str, output_dir: str,
+                     fmt: str = "json") -> str:
+    """Writes the compiled pipeline and returns its path. Never submits."""
+    from tfx import v1 as tfx
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        output_dir=output_dir, output_filename=FORMATS[fmt])
+    runner.run(tfx_pipeline, write_out=True)
+    return os.path.join(output_dir, FORMATS[fmt])
+
+
+def compile_from_flags(argv: Optional[Sequence[str]] = None) -> str:
+    """Parses the command line, compiles, and returns the written file's path."""
+    args = parse_args(argv)
+    if args.keras == "2":
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"   # before TensorFlow is first imported
+    tfx_pipeline = build_pipeline(
+        pipeline_root=args.pipeline_root, serving_model_dir=args.serving_model_dir,
+        data_root=args.data_root, pipeline_name=args.pipeline_name,
+        keras_version=args.keras, train_steps=args.train_steps,
+        beam_pipeline_args=split_beam_args(args.beam_pipeline_args),
+        exporter_resources=resource_spec(args.exporter_cpu, args.exporter_memory),
+        enable_cache=not args.no_cache, export_config=load_export_config(args.export_config))
+    return compile_pipeline(tfx_pipeline, args.image, args.output_dir, args.format)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    print(compile_from_flags(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
