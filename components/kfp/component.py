@@ -77,23 +77,8 @@ def model_exporter(
 
     import export_archive
     from export_archive import report
-
-    def resolve_model(path):
-        # A TFX Model artifact keeps its SavedModel in Format-Serving/ (as the CLI).
-        serving = os.path.join(path, "Format-Serving")
-        return serving if os.path.isdir(serving) else path
-
-    def example_files(path):
-        # An Examples artifact (eval split preferred), a directory, or a file glob.
-        import tensorflow as tf
-        if not tf.io.gfile.isdir(path):
-            return sorted(tf.io.gfile.glob(path))
-        for split in ("Split-eval", "Split-train"):
-            if tf.io.gfile.isdir(os.path.join(path, split)):
-                path = os.path.join(path, split)
-                break
-        return sorted(os.path.join(path, f) for f in tf.io.gfile.listdir(path)
-                      if not tf.io.gfile.isdir(os.path.join(path, f)))
+    from export_archive.examples import find_example_files
+    from export_archive.sources import resolve_model_path
 
     config = export_archive.ExportConfig.parse(export_config)
     example_builder = None
@@ -102,11 +87,11 @@ def model_exporter(
         example_builder = examples_module.ExampleEndpointBuilder(
             schema_path=schema.path if schema is not None else None,
             transform_graph_path=transform_graph.path if transform_graph is not None else None,
-            example_files=example_files(examples.path) if examples is not None else None)
+            example_files=find_example_files(examples.path) if examples is not None else None)
     # As the TFX component: the check runs unless the config turns it off, and a
     # failing check (mode "fail") raises before model.path exists.
     run_check = config.check_dict.get("enabled", True)
-    result = export_archive.export(resolve_model(trained_model.path), config, model.path,
+    result = export_archive.export(resolve_model_path(trained_model.path), config, model.path,
                                    overwrite=True, example_builder=example_builder,
                                    check=run_check)
 

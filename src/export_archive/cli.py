@@ -64,16 +64,9 @@ def _user_error(message: str) -> int:
     return EXIT_USER_ERROR
 
 
-def _resolve_model_path(path: str) -> str:
-    # A TFX Model artifact keeps the SavedModel in Format-Serving/ (the layout
-    # tfx.utils.path_utils.serving_model_path reads); accept the artifact root too.
-    serving = os.path.join(path, "Format-Serving")
-    return serving if os.path.isdir(serving) else path
-
-
 def _cmd_export(args) -> int:
     from export_archive import writer
-    from export_archive.sources import SourceError
+    from export_archive.sources import SourceError, resolve_model_path
 
     try:
         config = ExportConfig.parse(
@@ -89,10 +82,10 @@ def _cmd_export(args) -> int:
                                "this installation lacks (install the 'tfx' extra).")
         example_builder = examples.ExampleEndpointBuilder(
             schema_path=args.schema, transform_graph_path=args.transform_graph,
-            example_files=_example_files(args.examples) if args.examples else None)
+            example_files=examples.find_example_files(args.examples) if args.examples else None)
     from export_archive.check import CheckFailed
     try:
-        result = writer.export(_resolve_model_path(args.model), config, args.output,
+        result = writer.export(resolve_model_path(args.model), config, args.output,
                                overwrite=args.overwrite, example_builder=example_builder,
                                check=args.check)
     except (ConfigError, SourceError, writer.OutputExistsError, FileNotFoundError) as e:
@@ -119,23 +112,11 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _example_files(path: str):
-    """A glob, a directory of TFRecords, or an Examples artifact (Split-eval preferred)."""
-    import tensorflow as tf
-    if not tf.io.gfile.isdir(path):
-        return sorted(tf.io.gfile.glob(path))
-    for split in ("Split-eval", "Split-train"):
-        if tf.io.gfile.isdir(os.path.join(path, split)):
-            path = os.path.join(path, split)
-            break
-    return sorted(os.path.join(path, f) for f in tf.io.gfile.listdir(path)
-                  if not tf.io.gfile.isdir(os.path.join(path, f)))
-
-
 def _cmd_describe(args) -> int:
     from export_archive import describe
+    from export_archive.sources import resolve_model_path
     try:
-        signatures = describe.describe(_resolve_model_path(args.dir))
+        signatures = describe.describe(resolve_model_path(args.dir))
     except (FileNotFoundError, ValueError) as e:
         return _user_error(str(e))
     if args.json:
@@ -147,8 +128,9 @@ def _cmd_describe(args) -> int:
 
 def _cmd_check(args) -> int:
     from export_archive import check
+    from export_archive.sources import resolve_model_path
     try:
-        report = check.check_saved_model(_resolve_model_path(args.dir))
+        report = check.check_saved_model(resolve_model_path(args.dir))
     except FileNotFoundError as e:
         return _user_error(str(e))
     if args.json:

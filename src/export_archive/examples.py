@@ -51,6 +51,19 @@ def load_schema(path: str):
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
+def find_example_files(path: str) -> List[str]:
+    """tf.Example TFRecord files from a glob, a directory, or an Examples artifact
+    directory (its Split-eval preferred, else Split-train)."""
+    if not tf.io.gfile.isdir(path):
+        return sorted(tf.io.gfile.glob(path))
+    for split in ("Split-eval", "Split-train"):
+        if tf.io.gfile.isdir(os.path.join(path, split)):
+            path = os.path.join(path, split)
+            break
+    return sorted(os.path.join(path, f) for f in tf.io.gfile.listdir(path)
+                  if not tf.io.gfile.isdir(os.path.join(path, f)))
+
+
 class ExampleEndpointBuilder:
     """Builds tf_example endpoints from a Schema and/or a Transform graph."""
 

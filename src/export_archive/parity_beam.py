@@ -79,8 +79,7 @@ class _CompareBatch:
             builder = examples.ExampleEndpointBuilder(job.schema_path, job.transform_graph_path)
         self.builder = builder
         source = ModelSource.wrap(job.model_path, self.config)
-        archive, _ = writer.build_archive(source, self.config, builder)
-        self.fns = archive.python_endpoints
+        self.fns = writer.build_archive(source, self.config, builder).python_endpoints
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         self.meta_graph = tf.compat.v1.saved_model.loader.load(

@@ -245,6 +245,13 @@ def import_modules(config: ExportConfig) -> None:
                               "install the package or fix PYTHONPATH") from None
 
 
+def resolve_model_path(path: str) -> str:
+    """A TFX Model artifact keeps its SavedModel in Format-Serving/ (the layout
+    tfx.utils.path_utils.serving_model_path reads); accept the artifact root too."""
+    serving = os.path.join(path, "Format-Serving")
+    return serving if tf.io.gfile.isdir(serving) else path
+
+
 def find_model_file(path: str) -> str:
     """Resolves a path to the model inside it: the path itself, or a single model file in a directory."""
     if not tf.io.gfile.isdir(path):

@@ -53,20 +53,33 @@ class ExportResult:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass
+class BuiltArchive:
+    """A filled ExportArchive, plus what the checks need beside it.
+
+    `python_endpoints` (name -> the eager function given to add_endpoint) is kept
+    here, not on the archive: a tf_keras archive is itself the saved root, and an
+    attribute set on it would be saved too.
+    """
+    archive: Any
+    variable_collections: Dict[str, int]
+    python_endpoints: Dict[str, Callable]
+
+
 def build_archive(source: ModelSource, config: ExportConfig,
-                  example_builder: Optional[Callable] = None):
+                  example_builder: Optional[Callable] = None) -> BuiltArchive:
     """Creates and fills the ExportArchive for `source` as `config` says (no I/O)."""
     source.check_built()
     export_archive = archive.archive_class(source.flavor)()
     for trackable in source.trackables():
         export_archive.track(trackable)
-    export_archive.python_endpoints = {}
+    python_endpoints = {}
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
         fn, signature = endpoints.build(endpoint, source, where, example_builder)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
         # Kept for the parity check: the eager function is "the in-memory model".
-        export_archive.python_endpoints[endpoint.name] = fn
+        python_endpoints[endpoint.name] = fn
     for name, trackable in getattr(example_builder, "trackables", {}).items():
         export_archive.attach(name, trackable)
     collections = {}
@@ -74,7 +87,7 @@ def build_archive(source: ModelSource, config: ExportConfig,
         variables = source.variables_for(collection, f"variable_collections[{i}]")
         export_archive.add_variable_collection(collection.name, variables)
         collections[collection.name] = len(variables)
-    return export_archive, collections
+    return BuiltArchive(export_archive, collections, python_endpoints)
 
 
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
@@ -101,7 +114,7 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     output_dir = os.fspath(output_dir)
     _refuse_existing(output_dir, overwrite)
     source = ModelSource.wrap(model, config)
-    export_archive, collections = build_archive(source, config, example_builder)
+    built = build_archive(source, config, example_builder)
     options = tf.saved_model.SaveOptions(**config.save_options_dict)
     serving_default = config.serving_default_name
     method_names = dict(getattr(example_builder, "method_names", {}))
@@ -110,12 +123,12 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     reports = []
 
     def write(path):
-        export_archive.write_out(path, options=options, serving_default=serving_default,
-                                 method_names=method_names)
+        built.archive.write_out(path, options=options, serving_default=serving_default,
+                                method_names=method_names)
         if run_check:
             # On the staging directory: a failing export (mode "fail") is never renamed
             # into place, so nothing half-checked can be pushed.
-            report = _serving_check(path, export_archive, config, example_builder)
+            report = _serving_check(path, built, config, example_builder)
             reports.append(report)
             if not report.passed and options_check.get("mode", "fail") == "fail":
                 from export_archive.check import CheckFailed
@@ -124,7 +137,7 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     _write_atomically(output_dir, write)
     logging.info("Exported %s model to %s with endpoints %s (serving_default=%s)",
                  source.flavor, output_dir, [e.name for e in config.endpoints], serving_default)
-    result = _result(output_dir, source, config, collections)
+    result = _result(output_dir, source, config, built.variable_collections)
     if reports:
         result.checks, result.check_passed = reports[0].results, reports[0].passed
         if not reports[0].passed:
@@ -133,11 +146,11 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     return result
 
 
-def _serving_check(path, export_archive, config, example_builder):
+def _serving_check(path, built: BuiltArchive, config, example_builder):
     from export_archive import check
     fns = {}
-    for name, fn in export_archive.python_endpoints.items():
-        traced = export_archive.concrete_endpoint(name)
+    for name, fn in built.python_endpoints.items():
+        traced = built.archive.concrete_endpoint(name)
         concrete = (traced.get_concrete_function()
                     if hasattr(traced, "get_concrete_function") else traced)
         fns[name] = (fn, concrete)

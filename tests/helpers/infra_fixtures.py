@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from export_archive.check import read_prediction_logs  # noqa: F401  (re-exported for tests)
+
 from helpers import tfx_fixtures as fx
 
 MODEL_NAME = "scalar"
@@ -136,14 +138,3 @@ def run_pusher(root, base_directory, model=None, infra_blessing=None):
         {keys.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination),
          keys.CUSTOM_CONFIG_KEY: None})
     return pushed
-
-
-def read_prediction_logs(path):
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-    logs = []
-    for record in tf.compat.v1.io.tf_record_iterator(path):
-        log = prediction_log_pb2.PredictionLog()
-        log.ParseFromString(record)
-        logs.append(log)
-    return logs

@@ -207,3 +207,18 @@ def test_console_script_is_installed(tmp_path):
                           timeout=300)
     assert proc.returncode == cli.EXIT_USER_ERROR
     assert "not a SavedModel directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flavor", ["keras3", "tf_keras"])
+def test_saved_root_holds_only_endpoints_and_variables(flavor, tmp_path):
+    """Nothing of the exporter's own bookkeeping is saved with the model (a tf_keras
+    archive is itself the saved root, so any attribute set on it would be)."""
+    from export_archive import describe
+    model = models.single_input(flavor, "functional")
+    export_archive.export(model, {"endpoints": [{"name": "serve"}]}, tmp_path / "m")
+    graph = describe.serve_meta_graph(
+        describe.read_saved_model_proto(str(tmp_path / "m"))).object_graph_def
+    root_children = {c.local_name for c in graph.nodes[0].children}
+    public = {n for n in root_children if not n.startswith("_")}
+    assert public == {"serve", "variables", "trainable_variables", "non_trainable_variables"} \
+        | ({"signatures"} & public)
