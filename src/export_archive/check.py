@@ -101,10 +101,11 @@ def synthesize_examples(feature_spec: Dict[str, Any], batch: int, rng) -> List[b
     return out
 
 
-def build_requests(export_dir: str, methods: Dict[str, str],
+def build_requests(export_dir: str,
                    example_source: Optional[Callable[[int], List[bytes]]],
                    batch: int, seed: int = 0):
-    """One PredictionLog per signature (Classify/Regress logs for those methods)."""
+    """One PredictionLog per signature: Predict, or Classify/Regress for signatures
+    with those method names (their input is tf.Examples from `example_source`)."""
     from tensorflow_serving.apis import prediction_log_pb2
     rng = np.random.default_rng(seed)
     logs = []
@@ -186,15 +187,11 @@ def check_saved_model(export_dir: str) -> CheckReport:
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
                                 "saved_model.pb is missing.")
-    requests = build_requests(export_dir, {}, None, SMALL_BATCH)
+    requests = build_requests(export_dir, None, SMALL_BATCH)
     return CheckReport(run_contract(export_dir, requests)["results"])
 
 
 # ---- parity with the in-memory model
-
-
-def _tensor_value(proto) -> np.ndarray:
-    return tf.make_ndarray(proto)
 
 
 def in_memory_outputs(fn, concrete, request_inputs: Dict[str, np.ndarray]):
@@ -211,7 +208,8 @@ def in_memory_outputs(fn, concrete, request_inputs: Dict[str, np.ndarray]):
 
 
 def compare(name: str, expected: Dict[str, np.ndarray], served: Dict[str, np.ndarray],
-            rtol: float, atol: float, training: bool = False) -> Dict[str, Any]:
+            rtol: float, atol: float) -> Dict[str, Any]:
+    """Inference parity: same keys, dtypes and shapes, values within tolerance."""
     if sorted(expected) != sorted(served):
         return {"check": "parity", "endpoint": name, "passed": False,
                 "detail": f"output keys differ: model {sorted(expected)}, served {sorted(served)}"}
@@ -222,7 +220,10 @@ def compare(name: str, expected: Dict[str, np.ndarray], served: Dict[str, np.nda
             return {"check": "parity", "endpoint": name, "passed": False,
                     "detail": f"{key}: model gives {a.dtype}{list(a.shape)}, served "
                               f"{b.dtype}{list(b.shape)}"}
-        if training or a.dtype.kind in "OSUb":
+        if a.dtype.kind in "OSUb":
+            if not np.array_equal(a, b):
+                return {"check": "parity", "endpoint": name, "passed": False,
+                        "detail": f"{key} differs from the model"}
             continue
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
         worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
@@ -231,15 +232,14 @@ def compare(name: str, expected: Dict[str, np.ndarray], served: Dict[str, np.nda
             return {"check": "parity", "endpoint": name, "passed": False,
                     "detail": f"{key} drifts from the model: max abs diff {worst_abs:.3g}, "
                               f"max rel diff {worst_rel:.3g} (rtol {rtol}, atol {atol})"}
-    detail = ("training mode: shapes and dtypes match" if training else
-              f"max abs diff {worst_abs:.3g}, max rel diff {worst_rel:.3g}")
-    return {"check": "parity", "endpoint": name, "passed": True, "detail": detail}
+    return {"check": "parity", "endpoint": name, "passed": True,
+            "detail": f"max abs diff {worst_abs:.3g}, max rel diff {worst_rel:.3g}"}
 
 
 def _request_inputs(log) -> Dict[str, np.ndarray]:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
-        return {k: _tensor_value(v) for k, v in log.predict_log.request.inputs.items()}
+        return {k: tf.make_ndarray(v) for k, v in log.predict_log.request.inputs.items()}
     request = getattr(log, kind).request
     return {"inputs": np.array([e.SerializeToString()
                                 for e in request.input.example_list.examples], dtype=object)}
@@ -257,8 +257,8 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     a training pass that changes what inference returns (BatchNormalization
     moving statistics) would change a served model's answers the same way.
     """
-    small = build_requests(export_dir, {}, example_source, SMALL_BATCH, seed=1)
-    large = build_requests(export_dir, {}, example_source, LARGE_BATCH, seed=2)
+    small = build_requests(export_dir, example_source, SMALL_BATCH, seed=1)
+    large = build_requests(export_dir, example_source, LARGE_BATCH, seed=2)
     if warmup:
         write_prediction_logs(os.path.join(export_dir, WARMUP_FILE), small)
     is_training = lambda log: training.get(_signature_name(log), False)
@@ -273,7 +273,7 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     results += _latency_rows(runs)
     responses: Dict[str, List[Dict[str, np.ndarray]]] = {}
     for log in contract["responses"]:
-        outputs = {k: _tensor_value(v) for k, v in log.predict_log.response.outputs.items()}
+        outputs = {k: tf.make_ndarray(v) for k, v in log.predict_log.response.outputs.items()}
         responses.setdefault(_signature_name(log), []).append(outputs)
     if probe and contract["responses"]:
         name = _signature_name(probe[0])
@@ -297,7 +297,7 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
             results.append(compare_specs(name, concrete, served))
         else:
             expected = in_memory_outputs(fn, concrete, large_inputs[name])
-            results.append(compare(name, expected, served, rtol, atol, False))
+            results.append(compare(name, expected, served, rtol, atol))
     if warmup:
         results.append({"check": "warmup_written", "endpoint": "", "passed": True,
                         "detail": f"{len(small)} requests in {WARMUP_FILE}"})

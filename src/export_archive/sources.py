@@ -102,9 +102,15 @@ class ModelSource:
                 "(its __call__ was never traced with training=True)", True,
                 "training: false for this source", "export from the Keras model itself, "
                 "or drop `training`")
-        if _accepts_training(call):
-            return lambda *args: call(*args, training=training)
-        return call
+        kwargs = {"training": training} if _accepts_training(call) else {}
+
+        def call_restored(*args):
+            return call(*args, **kwargs)
+        # Keep the restored object alive as long as the function: it owns the variables
+        # the restored function reads, and a caller that keeps only the function (the
+        # Beam parity workers) would otherwise find them deleted.
+        call_restored.owner = self.obj
+        return call_restored
 
     def _restored_call(self):
         """The restored function that is "the model": `__call__` (tf.saved_model.save

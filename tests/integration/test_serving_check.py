@@ -110,7 +110,7 @@ def test_passing_export_writes_warmup_and_reports_every_check(dropout_model, pas
 
 def test_contract_process_imports_nothing_but_tensorflow(passing):
     _, out = passing
-    requests = check.build_requests(out, {}, None, check.SMALL_BATCH)
+    requests = check.build_requests(out, None, check.SMALL_BATCH)
     data = check.run_contract(out, requests)
     assert data["foreign_modules"] == []
     assert all(r["passed"] for r in data["results"]), data["results"]
