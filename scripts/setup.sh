@@ -26,13 +26,14 @@ PY=$(find_python310) || {
 if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet uv >/dev/null 2>&1 || "$PY" -m pip install --quiet uv >/dev/null 2>&1 || true
 fi
-if command -v uv >/dev/null 2>&1; then
-  # --seed puts pip in the venv: TFX packages a module_file with `python -m pip`.
-  [ -x .venv/bin/python ] || uv venv --quiet --seed -p "$PY" .venv
-  UV_PYTHON_DOWNLOADS=never uv pip install --quiet -p .venv/bin/python \
-    -c constraints.txt -e ".[tfx,test]"
-else
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# --seed / venv put pip in the venv: TFX packages a module_file with `python -m pip`.
+[ -x .venv/bin/python ] || { command -v uv >/dev/null 2>&1 \
+  && UV_PYTHON_DOWNLOADS=never uv venv --quiet --seed -p "$PY" .venv; } \
+  || "$PY" -m venv .venv
+if ! { command -v uv >/dev/null 2>&1 && UV_PYTHON_DOWNLOADS=never uv pip install --quiet \
+         -p .venv/bin/python -c constraints.txt -e ".[tfx,test]"; }; then
+  # pip reads the machine's pip configuration (indexes, certificates) that uv ignores.
+  echo "setup: installing with pip" >&2
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[tfx,test]"
 fi
 .venv/bin/python -c 'import export_archive, tfx, tensorflow_serving.apis' >/dev/null 2>&1 \
