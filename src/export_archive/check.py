@@ -178,16 +178,21 @@ def run_contract(export_dir: str, requests=None, latency_runs: int = 0,
         return data
 
 
-def check_saved_model(export_dir: str) -> CheckReport:
-    """The `export-archive check DIR` command: contract only, synthesized inputs.
+def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None) -> CheckReport:
+    """The `export-archive check DIR` command: TF Serving's contract, no parity.
 
-    tf.Example (string) inputs get empty serialized examples, so a parser with
-    required features fails; pass the model through `export` for full parity.
+    tf.Example (string) inputs get the records of `example_files`; without them,
+    empty serialized examples, which a parser with required features rejects.
+    Parity needs the source model: pass it through `export` with the check on.
     """
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
                                 "saved_model.pb is missing.")
-    requests = build_requests(export_dir, None, SMALL_BATCH)
+    source = None
+    if example_files:
+        from export_archive.examples import read_records
+        source = lambda count: read_records(example_files, count)  # noqa: E731
+    requests = build_requests(export_dir, source, SMALL_BATCH)
     return CheckReport(run_contract(export_dir, requests)["results"])
 
 

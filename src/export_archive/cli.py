@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", help="check a SavedModel the way TF Serving loads it")
     chk.add_argument("dir", help="SavedModel directory")
+    chk.add_argument("--examples", help="tf.Example TFRecords to send to string (tf.Example) "
+                                        "inputs: a file glob, a directory, or an Examples "
+                                        "artifact dir")
     chk.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -130,7 +133,13 @@ def _cmd_check(args) -> int:
     from export_archive import check
     from export_archive.sources import resolve_model_path
     try:
-        report = check.check_saved_model(resolve_model_path(args.dir))
+        example_files = None
+        if args.examples:
+            from export_archive.examples import find_example_files
+            example_files = find_example_files(args.examples)
+            if not example_files:
+                return _user_error(f"--examples {args.examples}: no record files found.")
+        report = check.check_saved_model(resolve_model_path(args.dir), example_files)
     except FileNotFoundError as e:
         return _user_error(str(e))
     if args.json:

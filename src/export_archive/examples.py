@@ -51,6 +51,17 @@ def load_schema(path: str):
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
+def read_records(files: List[str], count: int) -> List[bytes]:
+    """The first `count` records of TFRecord `files` (gzip by suffix, as ExampleGen
+    writes them), repeated to fill `count` when there are fewer; [] without files."""
+    if not files:
+        return []
+    compression = "GZIP" if files[0].endswith(".gz") else None
+    records = [r.numpy() for r in tf.data.TFRecordDataset(
+        files, compression_type=compression).take(count)]
+    return (records * (count // len(records) + 1))[:count] if records else []
+
+
 def find_example_files(path: str) -> List[str]:
     """tf.Example TFRecord files from a glob, a directory, or an Examples artifact
     directory (its Split-eval preferred, else Split-train)."""
@@ -97,12 +108,9 @@ class ExampleEndpointBuilder:
     def example_source(self, count: int) -> List[bytes]:
         """`count` serialized tf.Examples for the serving check and warmup: real
         records from `example_files` when given, else synthesized from the spec."""
-        if self.example_files:
-            compression = "GZIP" if self.example_files[0].endswith(".gz") else None
-            records = [r.numpy() for r in tf.data.TFRecordDataset(
-                self.example_files, compression_type=compression).take(count)]
-            if records:
-                return (records * (count // len(records) + 1))[:count]
+        records = read_records(self.example_files, count)
+        if records:
+            return records
         import numpy as np
         from export_archive.check import synthesize_examples
         return synthesize_examples(self.raw_feature_spec(), count, np.random.default_rng(0))

@@ -469,3 +469,17 @@ def test_cli_schema_input(tmp_path, mixed_schema, capsys):
     revived = tf.saved_model.load(str(tmp_path / "out"))
     got = revived.signatures["serving_default"](examples=examples_tensor(rows))["output_0"]
     np.testing.assert_allclose(got, model(fx.columns(rows, fx.MIXED_FEATURES)), atol=1e-5)
+    # `check` without records sends empty tf.Examples, which the parser (required
+    # features) rejects; with --examples it sends real ones and passes.
+    records = tmp_path / "records"
+    records.mkdir()
+    with tf.io.TFRecordWriter(str(records / "part-0.tfrecord")) as writer:
+        for serialized in fx.serialize(rows):
+            writer.write(serialized)
+    capsys.readouterr()
+    assert cli.main(["check", str(tmp_path / "out")]) == 1
+    assert "FAIL run" in capsys.readouterr().out
+    assert cli.main(["check", str(tmp_path / "out"), "--examples", str(records)]) == 0
+    assert "serving check passed" in capsys.readouterr().out
+    assert cli.main(["check", str(tmp_path / "out"), "--examples",
+                     str(tmp_path / "none*")]) == cli.EXIT_USER_ERROR
