@@ -85,34 +85,6 @@ def load_export_config(text_or_path: Optional[str]) -> Optional[Dict[str, Any]]:
     return ExportConfig.parse(text_or_path).to_dict()
 
 
-def use_installed_modules(pipeline) -> Dict[str, str]:
-    """Points every `module_file` of the project's own modules at the installed package.
-
-    create_pipeline passes module files by local path; under LocalDagRunner that is
-    right. In a container the same code is importable as `export_archive.pipelines.
-    modules.*`, so we set `module_path` (udf_utils.get_fn imports it) and clear
-    `module_file`: TFX then has no user-module wheel to build and upload to the
-    pipeline root at compile time. Returns {component id: module path}.
-    """
-    from export_archive.pipelines import pipeline as pipeline_module
-    package_dir = os.path.realpath(pipeline_module.PACKAGE_DIR)
-    changed = {}
-    for component in pipeline.components:
-        props = component.spec.exec_properties
-        module_file = props.get("module_file")
-        if not isinstance(module_file, str):
-            continue
-        path = os.path.realpath(module_file)
-        if os.path.commonpath([path, package_dir]) != package_dir:
-            continue   # a user's own module: leave TFX's wheel packaging to it
-        relative = os.path.splitext(os.path.relpath(path, package_dir))[0]
-        module_path = "export_archive.pipelines." + relative.replace(os.sep, ".")
-        props["module_file"] = None
-        props["module_path"] = module_path
-        changed[component.id] = module_path
-    return changed
-
-
 def resource_spec(cpu: Optional[float] = None, memory_gb: Optional[float] = None):
     """A KFP v2 container ResourceSpec (what KubeflowV2DagRunner reads from
     `component.with_platform_config`), or None if neither limit is set."""
@@ -141,8 +113,7 @@ def build_pipeline(pipeline_root: str, serving_model_dir: Optional[str] = None,
         serving_model_dir=serving_model_dir, data_root=data_root,
         keras_version=keras_version, export_config=export_config,
         train_steps=train_steps, beam_pipeline_args=beam_pipeline_args,
-        enable_cache=enable_cache)
-    use_installed_modules(tfx_pipeline)
+        enable_cache=enable_cache, modules_from_package=True)
     if exporter_resources is not None:
         exporter = next(c for c in tfx_pipeline.components if c.id == EXPORTER_ID)
         exporter.with_platform_config(exporter_resources)

@@ -17,6 +17,11 @@ MODULES_DIR = os.path.join(PACKAGE_DIR, "modules")
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "penguin_transform.py")
 TRAINER_MODULES = {"3": os.path.join(MODULES_DIR, "penguin_trainer_keras3.py"),
                    "2": os.path.join(MODULES_DIR, "penguin_trainer_keras2.py")}
+# The same functions as import paths into the installed package (see create_pipeline).
+MODULES_PACKAGE = "export_archive.pipelines.modules"
+PREPROCESSING_FN = f"{MODULES_PACKAGE}.penguin_transform.preprocessing_fn"
+RUN_FNS = {"3": f"{MODULES_PACKAGE}.penguin_trainer_keras3.run_fn",
+           "2": f"{MODULES_PACKAGE}.penguin_trainer_keras2.run_fn"}
 LABEL_KEY = "species"
 
 # The endpoints the main job exports: tf.Example with Transform as serving_default
@@ -46,8 +51,14 @@ def create_pipeline(pipeline_name: str,
                     enable_cache: bool = True,
                     infra_validation: Optional[Dict[str, Any]] = None,
                     infra_signature_names: Optional[List[str]] = None,
-                    infra_max_loading_seconds: int = 300) -> tfx.dsl.Pipeline:
+                    infra_max_loading_seconds: int = 300,
+                    modules_from_package: bool = False) -> tfx.dsl.Pipeline:
     """Builds the pipeline; `keras_version` picks the Trainer module ("3" or "2").
+
+    Transform and Trainer get their module as a file (TFX packages it into a wheel,
+    the usual local setup) or, with `modules_from_package`, as import paths into
+    the installed package: what a KFP v2 / Vertex container runs, with no wheel to
+    build and upload to the pipeline root at compile time.
 
     `infra_validation`, when given, is the local-process serving config of our
     InfraValidator (see docs/infra_validation.md): the exported model is then
@@ -63,11 +74,17 @@ def create_pipeline(pipeline_name: str,
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
+    if modules_from_package:
+        transform_module = {"preprocessing_fn": PREPROCESSING_FN}
+        trainer_module = {"run_fn": RUN_FNS[keras_version]}
+    else:
+        transform_module = {"module_file": TRANSFORM_MODULE}
+        trainer_module = {"module_file": TRAINER_MODULES[keras_version]}
     transform = tfx.components.Transform(examples=example_gen.outputs["examples"],
                                          schema=schema_gen.outputs["schema"],
-                                         module_file=TRANSFORM_MODULE)
+                                         **transform_module)
     trainer = tfx.components.Trainer(
-        module_file=TRAINER_MODULES[keras_version],
+        **trainer_module,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

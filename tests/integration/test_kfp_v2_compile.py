@@ -161,17 +161,22 @@ def test_pipeline_root_and_push_destination(job, pipeline_spec):
 
 
 def test_user_modules_come_from_the_installed_package(pipeline_spec):
+    import importlib
     import importlib.util
     tasks = pipeline_spec["root"]["dag"]["tasks"]
     paths = {}
-    for name in ("Transform", "Trainer"):
+    for name, key in (("Transform", "preprocessing_fn"), ("Trainer", "run_fn")):
         params = tasks[name]["inputs"]["parameters"]
-        assert "module_file" not in params   # no local path, no wheel in the pipeline root
-        paths[name] = params["module_path"]["runtimeValue"]["constantValue"]["stringValue"]
-    assert paths == {"Transform": "export_archive.pipelines.modules.penguin_transform",
-                     "Trainer": "export_archive.pipelines.modules.penguin_trainer_keras3"}
-    for module in paths.values():
+        # No local path and no user-module wheel in the pipeline root.
+        assert "module_file" not in params and "module_path" not in params
+        paths[name] = params[key]["runtimeValue"]["constantValue"]["stringValue"]
+    assert paths == {
+        "Transform": "export_archive.pipelines.modules.penguin_transform.preprocessing_fn",
+        "Trainer": "export_archive.pipelines.modules.penguin_trainer_keras3.run_fn"}
+    for path in paths.values():
+        module, attr = path.rsplit(".", 1)
         assert importlib.util.find_spec(module) is not None
+        assert callable(getattr(importlib.import_module(module), attr))
 
 
 def test_yaml_is_the_same_pipeline_spec(compiled, pipeline_spec):
