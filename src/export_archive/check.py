@@ -199,13 +199,15 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
 # ---- parity with the in-memory model
 
 
-def in_memory_outputs(fn, concrete, request_inputs: Dict[str, np.ndarray]):
-    """Calls the endpoint's Python function with a request's inputs, keyed like the signature."""
+def in_memory_outputs(concrete, request_inputs: Dict[str, np.ndarray]):
+    """Runs the endpoint's traced graph over the in-memory model on a request's
+    inputs (keyed like the signature), as the server would run it."""
     args_structure = concrete.structured_input_signature[0]
     flat = tf.nest.flatten(args_structure)
+    # Placeholder names are the signature's input keys; their order is the call's.
     keys = [t.name.split(":")[0] for t in concrete.inputs[:len(flat)]]
     values = [tf.constant(request_inputs[k]) for k in keys]
-    outputs = fn(*tf.nest.pack_sequence_as(args_structure, values))
+    outputs = concrete(*tf.nest.pack_sequence_as(args_structure, values))
     if isinstance(outputs, dict):
         return {k: np.asarray(v) for k, v in outputs.items()}
     flat_out = tf.nest.flatten(outputs)
@@ -256,7 +258,8 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
               warmup: bool = True, latency_runs: int = 20) -> CheckReport:
     """Warmup + contract + parity + latency for a freshly written export.
 
-    `endpoint_fns` maps endpoint name -> (python_fn, concrete_fn) from the archive;
+    `endpoint_fns` maps endpoint name -> its traced ConcreteFunction from the archive
+    (over the in-memory model: see `writer.BuiltArchive.traced_endpoint`);
     `training` maps signature name -> whether it runs the model in training mode.
     Training-mode signatures run last, then the first inference request again:
     a training pass that changes what inference returns (BatchNormalization
@@ -293,7 +296,7 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
                         if changed else "training-mode calls leave inference unchanged"})
         responses[name] = responses[name][:-1]
     large_inputs = {_signature_name(log): _request_inputs(log) for log in large}
-    for name, (fn, concrete) in endpoint_fns.items():
+    for name, concrete in endpoint_fns.items():
         if len(responses.get(name, [])) < 2:
             continue  # its run failed; that row already says why
         served = responses[name][1]
@@ -301,7 +304,7 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
             # Never call a training function in memory: it would update the user's model.
             results.append(compare_specs(name, concrete, served))
         else:
-            expected = in_memory_outputs(fn, concrete, large_inputs[name])
+            expected = in_memory_outputs(concrete, large_inputs[name])
             results.append(compare(name, expected, served, rtol, atol))
     if warmup:
         results.append({"check": "warmup_written", "endpoint": "", "passed": True,

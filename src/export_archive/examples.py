@@ -136,11 +136,15 @@ class ExampleEndpointBuilder:
         method = endpoint.method
         input_key = PREDICT_INPUT_KEY if method == "predict" else CLASSIFY_REGRESS_INPUT_KEY
 
+        reads = _InputsRead(model_fn, model_inputs)
+        feature_origin = ("Transform output" if transform_layer is not None
+                          else "raw feature (Schema)")
+
         def serve_tf_examples(serialized):
             features = tf.io.parse_example(serialized, feature_spec)
             if transform_layer is not None:
                 features = transform_layer(features)
-            args = _match_inputs(features, model_inputs, where)
+            args = _match_inputs(features, model_inputs, where, reads, feature_origin)
             outputs = model_fn(*args)
             return _shape_outputs(outputs, method, where)
 
@@ -158,8 +162,11 @@ def _input_name(spec) -> Optional[str]:
     return name.split(":")[0] if name else None
 
 
-def _match_inputs(features: Dict[str, Any], model_inputs: List[Any], where: str):
+def _match_inputs(features: Dict[str, Any], model_inputs: List[Any], where: str,
+                  reads: Optional["_InputsRead"] = None,
+                  feature_origin: str = "feature"):
     available = sorted(features)
+    leaf_index = {}
 
     def pick(spec, key):
         if key not in features:
@@ -167,7 +174,26 @@ def _match_inputs(features: Dict[str, Any], model_inputs: List[Any], where: str)
                               "parsed features", key, "features: " + ", ".join(available),
                               "match the model's input names to the feature names (or "
                               "to the Transform outputs with transform: true)")
-        return adapt(features[key], spec, key)
+        feature = features[key]
+        if not convertible(feature.dtype, spec.dtype):
+            index = leaf_index[id(spec)]
+            if reads is not None and not reads(index):
+                # The hand-written pattern passes this feature to model(...), Keras adds a
+                # Cast that cannot run, and TF prunes it because no output depends on it.
+                # We give the unread input a zero tensor of its declared dtype instead, so
+                # the served graph holds no impossible cast at all; the answers are equal.
+                return _unread_placeholder(feature, spec)
+            raise ConfigError(
+                f"{where}", f"the model reads input {key!r} as {spec.dtype.name}, but the "
+                f"{feature_origin} {key!r} is {feature.dtype.name}, and TensorFlow has no "
+                f"cast from {feature.dtype.name} to {spec.dtype.name}",
+                f"{key}: {feature.dtype.name}", f"a {spec.dtype.name} feature, or an input "
+                f"declared {feature.dtype.name}",
+                f"change the {feature_origin} {key!r} to produce {spec.dtype.name} (e.g. "
+                "tft.compute_and_apply_vocabulary or tf.strings.to_number in the "
+                "preprocessing_fn), or declare the Keras Input with "
+                f"dtype={feature.dtype.name!r}")
+        return adapt(feature, spec, key)
 
     def match(node, key=None):
         if isinstance(node, dict):
@@ -176,12 +202,133 @@ def _match_inputs(features: Dict[str, Any], model_inputs: List[Any], where: str)
             return [match(v) for v in node]
         return pick(node, key or _input_name(node))
 
-    names = [(k or _input_name(s)) for k, s in _leaves(model_inputs)]
+    leaves = list(_leaves(model_inputs))
+    names = [(k or _input_name(s)) for k, s in leaves]
     if None in names:
         raise ConfigError(where, "the model has unnamed inputs, so tf.Example features "
                           "cannot be matched to them", names, "named Keras Inputs",
                           "name the model's inputs after the features")
+    # Indexed in tf.nest's flat order (sorted dict keys), as `inputs_read` reports.
+    leaf_index.update({id(s): i for i, s in enumerate(tf.nest.flatten(model_inputs))})
     return [match(arg) for arg in model_inputs]
+
+
+def convertible(from_dtype, to_dtype) -> bool:
+    """Whether `tf.cast` can turn one dtype into the other (never to or from string)."""
+    return from_dtype == to_dtype or tf.string not in (from_dtype, to_dtype)
+
+
+def _unread_placeholder(feature, spec: tf.TensorSpec):
+    batch = tf.shape(feature, out_type=tf.int32)[0]
+    dims = [batch] + [1 if d is None else d for d in spec.shape.as_list()[1:]] \
+        if spec.shape.rank else []
+    return tf.zeros(tf.stack(dims) if dims else [], dtype=spec.dtype)
+
+
+class _InputsRead:
+    """Which model inputs the served graph reads: ``reads(i)`` for the i-th flat input.
+
+    Traced once, lazily (only when a feature cannot be converted to its input's
+    dtype), from the model's own input signature. An input is read when an output
+    or a stateful op depends on it: the same rule by which TF's function runtime
+    prunes a graph before it runs, so "read" means "would run in TF Serving".
+    """
+
+    def __init__(self, model_fn, model_inputs):
+        self.model_fn, self.model_inputs = model_fn, model_inputs
+        self._read: Optional[List[bool]] = None
+
+    def __call__(self, index: int) -> bool:
+        if self._read is None:
+            # Called while the endpoint itself is being traced: step out to eager
+            # to trace the probe as a function of its own.
+            with tf.init_scope():
+                self._read = inputs_read(self.model_fn, self.model_inputs)
+        return self._read[index]
+
+
+def inputs_read(fn, input_signature: List[Any]) -> List[bool]:
+    """For each flat input of ``fn(*input_signature)``: does an output depend on it?"""
+    flat_specs = tf.nest.flatten(input_signature)
+
+    def flat_fn(*flat):   # one positional argument per flat input: placeholders in order
+        return fn(*tf.nest.pack_sequence_as(input_signature, list(flat)))
+
+    concrete = tf.function(flat_fn, autograph=False).get_concrete_function(*flat_specs)
+    graph = concrete.graph
+    placeholders = concrete.inputs[:len(flat_specs)]
+    # TF's function runtime (PruneFunctionBody) keeps what outputs and stateful
+    # ops depend on, and drops the rest before running: the same seeds here.
+    stateful = [op for op in graph.get_operations()
+                if op.type != "Placeholder" and op.op_def.is_stateful]
+    reached = _reached_ops(graph, [t.op for t in concrete.outputs]
+                           + list(graph.control_outputs) + stateful)
+    return [p.op.name in reached for p in placeholders]
+
+
+_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def _reached_ops(graph, seeds) -> set:
+    """Names of the ops `seeds` depend on. Through a function call (a restored
+    SavedModel's call is one), only the arguments the function's body reads."""
+    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+    memo: Dict[str, List[bool]] = {}
+    reached, stack = set(), list(seeds)
+    while stack:
+        op = stack.pop()
+        if op.name in reached:
+            continue
+        reached.add(op.name)
+        stack.extend(op.control_inputs)
+        callee = _callee(op.type, lambda: op.get_attr("f").name, library)
+        used = _args_read(library, callee, memo) if callee else None
+        stack.extend(t.op for i, t in enumerate(op.inputs) if used is None or used[i])
+    return reached
+
+
+def _callee(op_type: str, function_name, library) -> Optional[str]:
+    if op_type in _CALL_OPS:
+        name = function_name()
+        return name if name in library else None
+    return op_type if op_type in library else None   # a direct call of a library function
+
+
+def _args_read(library, name: str, memo: Dict[str, List[bool]]) -> List[bool]:
+    """Per argument of library function `name`: does a return value (or a stateful
+    op, which TF never prunes) depend on it?"""
+    if name in memo:
+        return memo[name]
+    memo[name] = [True] * len(library[name].signature.input_arg)  # recursion: assume read
+    fdef = library[name]
+    nodes = {n.name: n for n in fdef.node_def}
+    stack = list(fdef.ret.values()) + list(fdef.control_ret.values())
+    stack += [n.name for n in fdef.node_def if _is_stateful(n.op)]
+    seen = set()
+    while stack:
+        node_name = stack.pop().lstrip("^").split(":")[0]
+        if node_name in seen:
+            continue
+        seen.add(node_name)
+        node = nodes.get(node_name)
+        if node is None:
+            continue   # a function argument
+        inputs = list(node.input)
+        callee = _callee(node.op, lambda: node.attr["f"].func.name, library)
+        if callee:
+            data = [i for i in inputs if not i.startswith("^")]
+            used = _args_read(library, callee, memo)
+            inputs = [i for i, u in zip(data, used) if u] + [
+                i for i in inputs if i.startswith("^")]
+        stack.extend(inputs)
+    memo[name] = [a.name in seen for a in fdef.signature.input_arg]
+    return memo[name]
+
+
+def _is_stateful(op_type: str) -> bool:
+    from tensorflow.python.framework import op_def_registry
+    op_def = op_def_registry.get(op_type)
+    return bool(op_def and op_def.is_stateful)
 
 
 def _leaves(structure, key=None):
@@ -216,10 +363,13 @@ def adapt(tensor, spec: tf.TensorSpec, name: str = ""):
         elif rank == tensor.shape.rank - 1 and tensor.shape[-1] == 1:
             tensor = tf.squeeze(tensor, -1)
     if tensor.dtype != spec.dtype:
-        if tf.string in (tensor.dtype, spec.dtype):
+        if not convertible(tensor.dtype, spec.dtype):
             raise ConfigError(name or "input", f"feature {name!r} is {tensor.dtype.name} but "
-                              f"the model input is {spec.dtype.name}", name,
-                              "matching string-ness", "transform the feature first")
+                              f"the model input is {spec.dtype.name}, and TensorFlow has no "
+                              "cast between them", f"{name}: {tensor.dtype.name}",
+                              f"a {spec.dtype.name} feature",
+                              f"produce {spec.dtype.name} for {name!r} in the "
+                              "preprocessing_fn, or change the input's dtype")
         tensor = tf.cast(tensor, spec.dtype)
     return tensor
 

@@ -4,7 +4,8 @@ Every worker rebuilds both sides from paths, so the same code runs on the
 DirectRunner here and on Dataflow through `beam_pipeline_args`:
 
 * the in-memory model: the source model loaded from its path, with the
-  endpoints built from the export config (what `export` traced);
+  endpoints built from the export config and traced (as `export` traced them;
+  run as graphs, so ops the served graph prunes never run here either);
 * the served model: the SavedModel loaded with the TF1 loader, tag ``serve``,
   signatures run by tensor names in a session (TF Serving's path).
 
@@ -79,7 +80,10 @@ class _CompareBatch:
             builder = examples.ExampleEndpointBuilder(job.schema_path, job.transform_graph_path)
         self.builder = builder
         source = ModelSource.wrap(job.model_path, self.config)
-        self.fns = writer.build_archive(source, self.config, builder).python_endpoints
+        built = writer.build_archive(source, self.config, builder)
+        # The traced graphs, run the way the server runs them (writer.BuiltArchive).
+        self.fns = {name: built.traced_endpoint(name) for name in built.endpoint_names}
+        self.built = built   # owns the archive the traced functions capture
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         self.meta_graph = tf.compat.v1.saved_model.loader.load(

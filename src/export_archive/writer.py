@@ -57,13 +57,22 @@ class ExportResult:
 class BuiltArchive:
     """A filled ExportArchive, plus what the checks need beside it.
 
-    `python_endpoints` (name -> the eager function given to add_endpoint) is kept
-    here, not on the archive: a tf_keras archive is itself the saved root, and an
-    attribute set on it would be saved too.
+    Kept here, not on the archive: a tf_keras archive is itself the saved root, and
+    an attribute set on it would be saved too.
     """
     archive: Any
     variable_collections: Dict[str, int]
-    python_endpoints: Dict[str, Callable]
+    endpoint_names: List[str]
+
+    def traced_endpoint(self, name: str):
+        """The endpoint as the server runs it: the traced graph (a ConcreteFunction)
+        over the in-memory model's variables. The parity checks call this, never the
+        eager Python function: eager execution would run ops that TF prunes from the
+        served graph (e.g. a cast of an input no output depends on), and so could
+        fail, or differ, where the server does not."""
+        traced = self.archive.concrete_endpoint(name)
+        return (traced.get_concrete_function()
+                if hasattr(traced, "get_concrete_function") else traced)
 
 
 def build_archive(source: ModelSource, config: ExportConfig,
@@ -73,13 +82,10 @@ def build_archive(source: ModelSource, config: ExportConfig,
     export_archive = archive.archive_class(source.flavor)()
     for trackable in source.trackables():
         export_archive.track(trackable)
-    python_endpoints = {}
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
         fn, signature = endpoints.build(endpoint, source, where, example_builder)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
-        # Kept for the parity check: the eager function is "the in-memory model".
-        python_endpoints[endpoint.name] = fn
     for name, trackable in getattr(example_builder, "trackables", {}).items():
         export_archive.attach(name, trackable)
     collections = {}
@@ -87,7 +93,7 @@ def build_archive(source: ModelSource, config: ExportConfig,
         variables = source.variables_for(collection, f"variable_collections[{i}]")
         export_archive.add_variable_collection(collection.name, variables)
         collections[collection.name] = len(variables)
-    return BuiltArchive(export_archive, collections, python_endpoints)
+    return BuiltArchive(export_archive, collections, [e.name for e in config.endpoints])
 
 
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
@@ -148,12 +154,7 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
 
 def _serving_check(path, built: BuiltArchive, config, example_builder):
     from export_archive import check
-    fns = {}
-    for name, fn in built.python_endpoints.items():
-        traced = built.archive.concrete_endpoint(name)
-        concrete = (traced.get_concrete_function()
-                    if hasattr(traced, "get_concrete_function") else traced)
-        fns[name] = (fn, concrete)
+    fns = {name: built.traced_endpoint(name) for name in built.endpoint_names}
     options = config.check_dict
     example_source = getattr(example_builder, "example_source", None)
     training = {e.name: e.training for e in config.endpoints}

@@ -128,29 +128,33 @@ def preprocessing_fn(inputs):
     }
 
 
-def build_transform_graph(directory) -> str:
+def build_transform_graph(directory, fn=None, raw_spec=None, data=None) -> str:
     """Analyzes a tiny in-memory dataset and writes the transform graph to `directory`.
 
     Writes ``transform_fn/`` and ``transformed_metadata/`` (WriteTransformFn) and the
     raw ``metadata/`` the Transform component also writes, so that
     `TFTransformOutput(directory).raw_feature_spec()` works as on a TFX artifact.
+    Defaults: `preprocessing_fn` over x / color / label; pass `fn`, `raw_spec` and
+    `data` (a list of instance dicts) for another Transform.
     """
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
     directory = os.fspath(directory)
-    raw_spec = {"x": tf.io.FixedLenFeature([], tf.float32),
-                "color": tf.io.FixedLenFeature([], tf.string),
-                "label": tf.io.FixedLenFeature([], tf.int64)}
+    raw_spec = raw_spec or {"x": tf.io.FixedLenFeature([], tf.float32),
+                            "color": tf.io.FixedLenFeature([], tf.string),
+                            "label": tf.io.FixedLenFeature([], tf.int64)}
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_spec))
-    data = [{"x": float(i), "color": TRANSFORM_COLORS[i % 3], "label": i % 2}
-            for i in range(12)]
+    if data is None:
+        data = [{"x": float(i), "color": TRANSFORM_COLORS[i % 3], "label": i % 2}
+                for i in range(12)]
     temp_dir = tempfile.mkdtemp(prefix="tft-")
     try:
         with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
             (_, _), transform_fn = ((data, metadata)
-                                    | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn))
+                                    | tft_beam.AnalyzeAndTransformDataset(
+                                        fn or preprocessing_fn))
             _ = transform_fn | tft_beam.WriteTransformFn(directory)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)

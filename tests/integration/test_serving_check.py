@@ -216,13 +216,13 @@ def test_corrupt_warmup_file(passing, tmp_path, payload):
 
 
 @pytest.fixture(scope="module")
-def drift_model():
-    return check_models.drift_model(1.0)
+def drift_model(tmp_path_factory):
+    return check_models.drift_model(tmp_path_factory.mktemp("vocab") / "vocab.txt", 1.0)
 
 
 @pytest.fixture(scope="module")
-def tiny_drift_model():
-    return check_models.drift_model(1e-3)
+def tiny_drift_model(tmp_path_factory):
+    return check_models.drift_model(tmp_path_factory.mktemp("vocab") / "vocab.txt", 1e-3)
 
 
 def test_drifting_endpoint_fails_parity(drift_model, tmp_path):
@@ -274,17 +274,29 @@ def test_tolerances_from_config(tiny_drift_model, tmp_path, tolerances, passes):
         assert "drifts" in row["detail"] and "(rtol 1e-05, atol 1e-05)" in row["detail"]
 
 
-def test_cli_export_check_refuses_drifting_model(drift_model, tmp_path, capsys):
+def test_parity_runs_the_traced_graph_not_eager_python(tmp_path):
+    """A layer that adds 1.0 only when executed eagerly: the server runs the graph,
+    so the check must agree with the graph and pass (it compared eager output before)."""
+    model = check_models.eager_only_model(1.0)
+    result = export_archive.export(model, SERVE, str(tmp_path / "m"), check=True)
+    assert result.check_passed is True, result.checks
+    assert max_abs_diff(rows_of(result.checks, "parity")["serve"]["detail"]) < 1e-5
+    x = check_models.sample(4)
+    served = tf.saved_model.load(str(tmp_path / "m")).signatures["serve"](features=x)
+    np.testing.assert_allclose(served["output_0"], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_cli_export_check_refuses_failing_model(tmp_path, capsys):
     model_path = tmp_path / "model.keras"
-    drift_model.save(model_path)
-    cfg = {**SERVE, "import_modules": ["helpers.check_models"]}
+    check_models.dropout_model().save(model_path)
+    cfg = {"endpoints": [{"name": "tokens", "fn": "helpers.check_models:make_tokenizer_fn"}]}
     out = tmp_path / "pub" / "out"
     code = cli.main(["export", "--model", str(model_path), "--config", json.dumps(cfg),
                      "--output", str(out), "--check"])
     err = capsys.readouterr().err
     assert code == 1, err
     assert f"Nothing was written to {out}" in err
-    assert "serve: parity: output_0 drifts from the model" in err
+    assert "ops not registered in core TensorFlow" in err and "WhitespaceTokenize" in err
     assert "Traceback" not in err
     assert not out.exists()
     assert os.listdir(tmp_path / "pub") == []
