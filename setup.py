@@ -46,7 +46,10 @@ setup(
                 "tensorflow-serving-api>=2.15,<2.17"],
         "test": ["pytest>=7", "hypothesis>=6", "jsonschema>=4", "psutil>=5",
                  # registers ops outside core TF: the serving check must flag them
-                 "tensorflow-text>=2.15,<2.17"],
+                 "tensorflow-text>=2.15,<2.17",
+                 # TFX example Trainer modules of the zoo (tests/zoo/test_tfx_trainers.py):
+                 # penguin_utils_tfdf_experimental and penguin_utils_cloud_tuner import them
+                 "tensorflow-decision-forests>=1.9,<1.10", "tensorflow-cloud>=0.1.16"],
     },
     entry_points={"console_scripts": ["export-archive=export_archive.cli:main"]},
 )

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 
+from export_archive.components.tfx.baseline import latest_pushed_model
 from export_archive.components.tfx.component import ModelExporter
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -24,17 +25,18 @@ RUN_FNS = {"3": f"{MODULES_PACKAGE}.penguin_trainer_keras3.run_fn",
            "2": f"{MODULES_PACKAGE}.penguin_trainer_keras2.run_fn"}
 LABEL_KEY = "species"
 
-# The endpoints the main job exports: tf.Example with Transform as serving_default
-# (what InfraValidator and TF Serving clients call), the model on its own
-# (transformed) features, a training-mode pass, and the optimizer state.
+# The endpoints the main job exports are the ones a client should call: tf.Example
+# with Transform as serving_default (gRPC clients, InfraValidator, Classify-style
+# callers) and the raw features with Transform as serve_raw (REST / Vertex AI JSON
+# `instances`). Training-mode endpoints and optimizer state are documented options
+# (docs/config.md), not part of a serving export.
 DEFAULT_EXPORT_CONFIG: Dict[str, Any] = {
     "endpoints": [
         {"name": "serving_default", "kind": "tf_example", "transform": True,
          "exclude_features": [LABEL_KEY]},
-        {"name": "serve_features"},
-        {"name": "call_training", "training": True},
+        {"name": "serve_raw", "kind": "raw_features", "transform": True,
+         "exclude_features": [LABEL_KEY]},
     ],
-    "variable_collections": [{"name": "optimizer_variables", "source": "optimizer"}],
 }
 
 
@@ -52,7 +54,8 @@ def create_pipeline(pipeline_name: str,
                     infra_validation: Optional[Dict[str, Any]] = None,
                     infra_signature_names: Optional[List[str]] = None,
                     infra_max_loading_seconds: int = 300,
-                    modules_from_package: bool = False) -> tfx.dsl.Pipeline:
+                    modules_from_package: bool = False,
+                    contract_baseline: bool = False) -> tfx.dsl.Pipeline:
     """Builds the pipeline; `keras_version` picks the Trainer module ("3" or "2").
 
     Transform and Trainer get their module as a file (TFX packages it into a wheel,
@@ -66,6 +69,12 @@ def create_pipeline(pipeline_name: str,
     `infra_signature_names` (default: serving_default), and, as TFX documents
     for `make_warmup`, Pusher takes only the blessing and pushes InfraValidator's
     stamped model (our export plus a warmup file of the requests it sent).
+
+    `contract_baseline`: ModelExporter compares the new serving contract with the
+    model Pusher last pushed (a Resolver over earlier runs' PushedModels) and stops
+    before Pusher when a change would break that model's clients (docs/contract.md).
+    ModelExporter then re-runs whenever a new model was pushed, since its baseline
+    input changed; the steps before it still come from the cache.
     """
     if keras_version not in TRAINER_MODULES:
         raise ValueError(f"keras_version must be one of {sorted(TRAINER_MODULES)}, "
@@ -90,13 +99,17 @@ def create_pipeline(pipeline_name: str,
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
+    baseline = latest_pushed_model() if contract_baseline else None
     exporter = ModelExporter(
         model=trainer.outputs["model"],
         schema=schema_gen.outputs["schema"],
         transform_graph=transform.outputs["transform_graph"],
         examples=example_gen.outputs["examples"],
-        export_config=export_config or DEFAULT_EXPORT_CONFIG)
+        export_config=export_config or DEFAULT_EXPORT_CONFIG,
+        baseline_model=baseline.outputs["model"] if baseline else None)
     components = [example_gen, statistics_gen, schema_gen, transform, trainer, exporter]
+    if baseline:
+        components.append(baseline)
     push_inputs = {"model": exporter.outputs["model"]}
     if infra_validation is not None:
         from export_archive.components.infra_validator import InfraValidator

@@ -8,7 +8,7 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel_utils, standard_artifacts
 
 from export_archive.components.tfx import executor, spec
-from export_archive.config import ExportConfig
+from export_archive.config import SPEC_KINDS, ExportConfig
 
 
 class ModelExporter(base_beam_component.BaseBeamComponent):
@@ -29,6 +29,14 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
     is defined rather than when it runs. The serving check runs by default
     (config ``"check": {"enabled": false}`` turns it off); with `examples`, its
     parity step covers the whole eval split as a Beam pipeline.
+
+    `baseline_model` (optional) is the model clients are served today: a Model
+    channel (a Resolver with LatestBlessedModelStrategy) or a PushedModel channel
+    (Pusher's output through `baseline.latest_pushed_model()`). A new serving
+    contract that would break its clients stops the component before anything
+    is published (config ``contract``; docs/contract.md). Without one, or when
+    it resolves to nothing (the first run), the report says "no baseline:
+    contract not compared".
     """
 
     SPEC_CLASS = spec.ModelExporterSpec
@@ -43,7 +51,8 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
                  transform_graph: Optional[types.BaseChannel] = None,
                  examples: Optional[types.BaseChannel] = None,
                  module_file: Optional[str] = None,
-                 module_path: Optional[str] = None):
+                 module_path: Optional[str] = None,
+                 baseline_model: Optional[types.BaseChannel] = None):
         config = ExportConfig.parse(export_config)
         _check_inputs_for(config, schema, transform_graph, module_file, module_path)
         component_spec = spec.ModelExporterSpec(
@@ -51,6 +60,7 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
                spec.SCHEMA_KEY: schema,
                spec.TRANSFORM_GRAPH_KEY: transform_graph,
                spec.EXAMPLES_KEY: examples,
+               **_baseline_inputs(baseline_model),
                spec.EXPORT_CONFIG_KEY: config.to_json(),
                spec.MODULE_FILE_KEY: module_file,
                spec.MODULE_PATH_KEY: module_path,
@@ -63,6 +73,22 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
                                                  spec.MODULE_PATH_KEY)
 
 
+def _baseline_inputs(channel: Optional[types.BaseChannel]) -> Dict[str, Any]:
+    """Routes the baseline to the spec key of its artifact type (see spec.py)."""
+    if channel is None:
+        return {}
+    type_name = getattr(channel, "type_name", None)
+    if type_name == standard_artifacts.Model.TYPE_NAME:
+        return {spec.BASELINE_MODEL_KEY: channel}
+    if type_name == standard_artifacts.PushedModel.TYPE_NAME:
+        return {spec.BASELINE_PUSHED_MODEL_KEY: channel}
+    raise TypeError(
+        f"ModelExporter: baseline_model must be a channel of Model or PushedModel "
+        f"artifacts; received {channel!r} (type {type_name}). Pass e.g. "
+        "baseline.latest_pushed_model().outputs['model'] or a Resolver with "
+        "LatestBlessedModelStrategy's outputs['model'].")
+
+
 def _check_inputs_for(config, schema, transform_graph, module_file, module_path):
     """Constructor-time checks that need the inputs as well as the config."""
     from export_archive.config import ConfigError
@@ -70,9 +96,9 @@ def _check_inputs_for(config, schema, transform_graph, module_file, module_path)
         raise ValueError("ModelExporter: give module_file or module_path, not both.")
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
-        if endpoint.kind == "tf_example" and schema is None and transform_graph is None:
-            raise ConfigError(f"{where}.kind", "a tf_example endpoint needs a feature spec",
-                              "tf_example", "a `schema` or `transform_graph` input",
+        if endpoint.kind in SPEC_KINDS and schema is None and transform_graph is None:
+            raise ConfigError(f"{where}.kind", f"a {endpoint.kind} endpoint needs a feature "
+                              "spec", endpoint.kind, "a `schema` or `transform_graph` input",
                               "pass schema=schema_gen.outputs['schema'] or "
                               "transform_graph=transform.outputs['transform_graph']")
         if endpoint.transform and transform_graph is None:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import types
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from tfx import types as tfx_types
@@ -18,7 +18,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from export_archive import check, examples, parity_beam, report, writer
+from export_archive import check, contract, examples, parity_beam, report, writer
 from export_archive.components.tfx import spec
 from export_archive.config import ExportConfig
 
@@ -50,8 +50,19 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         # The component checks by default ("check": {"enabled": false} opts out): a
         # failing check raises before Format-Serving exists, so nothing is published.
         run_check = config.check_dict.get("enabled", True)
-        result = writer.export(model_path, config, serving_dir, overwrite=True,
-                               example_builder=example_builder, check=run_check)
+        baseline_dir, no_baseline = _baseline_dir(input_dict)
+        try:
+            result = writer.export(model_path, config, serving_dir, overwrite=True,
+                                   example_builder=example_builder, check=run_check,
+                                   baseline=baseline_dir)
+        except contract.BreakingChange as e:
+            # As a failed blessing stops Pusher: the export raised before its rename,
+            # so Format-Serving does not exist and the pushed model stays the served
+            # one. One line says why; the exception carries the whole diff.
+            logging.error("ModelExporter: %s; nothing was published", e.diff.summary())
+            raise
+        if no_baseline:
+            result.contract = {**contract.not_compared(), "summary": no_baseline}
         if run_check and example_builder is not None and example_builder.example_files:
             self._split_parity(result, config, model_path, schema_uri, transform_uri,
                                example_builder.example_files, output_model.uri)
@@ -67,6 +78,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         output_model.set_string_custom_property(
             spec.SERVING_DEFAULT_PROPERTY, result.serving_default)
         output_model.set_string_custom_property(spec.FLAVOR_PROPERTY, result.flavor)
+        output_model.set_string_custom_property(spec.CONTRACT_PROPERTY,
+                                                result.contract["summary"])
+        logging.log(logging.WARNING if result.contract.get("breaking") else logging.INFO,
+                    "ModelExporter: %s", result.contract["summary"])
 
         report_artifact = artifact_utils.get_single_instance(output_dict[spec.REPORT_KEY])
         report.write_report(result, report_artifact.uri, spec.REPORT_JSON,
@@ -114,6 +129,25 @@ def _example_files(input_dict) -> List[str]:
     split = "eval" if "eval" in splits else splits[0]
     split_dir = artifact_utils.get_split_uri([examples_artifact], split)
     return sorted(fileio.glob(f"{split_dir}/*"))
+
+
+def _baseline_dir(input_dict) -> Tuple[Optional[str], Optional[str]]:
+    """(the baseline SavedModel directory, None) or (None, why there is none)."""
+    models = input_dict.get(spec.BASELINE_MODEL_KEY) or []
+    if models:
+        # A Model artifact keeps its SavedModel where Pusher reads it.
+        return path_utils.serving_model_path(models[0].uri), None
+    pushed = input_dict.get(spec.BASELINE_PUSHED_MODEL_KEY) or []
+    if pushed:
+        artifact = pushed[0]
+        if (artifact.has_custom_property("pushed")
+                and artifact.get_int_custom_property("pushed") != 1):
+            # Pusher found no blessing and pushed nothing; the artifact is empty.
+            return None, (f"{contract.NO_BASELINE} (PushedModel {artifact.id} was not "
+                          "pushed; resolve it with baseline.LatestPushedModelStrategy)")
+        # Pusher copies the pushed SavedModel into its artifact's uri "for archiving".
+        return artifact.uri, None
+    return None, contract.NO_BASELINE
 
 
 def _optional_uri(input_dict, key) -> Optional[str]:

@@ -11,6 +11,13 @@ TRAINED_MODEL_KEY = "trained_model"
 SCHEMA_KEY = "schema"
 TRANSFORM_GRAPH_KEY = "transform_graph"
 EXAMPLES_KEY = "examples"
+# The model clients are served today, whose serving contract the new export must
+# keep. The constructor argument `baseline_model` takes a Model channel (e.g. a
+# Resolver with LatestBlessedModelStrategy) or a PushedModel channel (Pusher's
+# `pushed_model`, e.g. through LatestPushedModelStrategy); a ChannelParameter has
+# one type, so each has its own key and the constructor routes by channel type.
+BASELINE_MODEL_KEY = "baseline_model"
+BASELINE_PUSHED_MODEL_KEY = "baseline_pushed_model"
 
 # Outputs.
 MODEL_KEY = "model"
@@ -31,6 +38,9 @@ SERVING_DEFAULT_PROPERTY = "serving_default"
 FLAVOR_PROPERTY = "source_flavor"
 # "passed", or "failed: <reasons>" when the check ran in mode "warn".
 SERVING_CHECK_PROPERTY = "serving_check"
+# The contract guard's one-line verdict: "contract compatible with baseline …",
+# "contract breaking …" (on_breaking: warn), or "no baseline: contract not compared".
+CONTRACT_PROPERTY = "contract"
 
 REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
 
@@ -56,6 +66,10 @@ class ModelExporterSpec(component_spec.ComponentSpec):
             type=standard_artifacts.TransformGraph, optional=True),
         EXAMPLES_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples,
                                                       optional=True),
+        BASELINE_MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model,
+                                                            optional=True),
+        BASELINE_PUSHED_MODEL_KEY: component_spec.ChannelParameter(
+            type=standard_artifacts.PushedModel, optional=True),
     }
     OUTPUTS = {
         MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),

@@ -13,11 +13,17 @@ Why these subclasses exist:
   underlying `tf.Variable` in every list we save, so both paths lead to one
   object. tf_keras models have no wrapper and are unaffected.
 * **`serving_default` by config.** The stock `write_out` always aliases the
-  first endpoint; the config may name another one.
+  first endpoint; the config may name another one (`write_out(...,
+  serving_default=NAME)`), and may set classify/regress method names.
+
+Otherwise they behave as the stock classes: same signatures (our extras are
+keyword-only), same errors, same printed summary. Keras's own ExportArchive
+test suite runs against them in tests/integration/test_keras_export_suite.py.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Iterable, List, Optional
 
 import tensorflow as tf
@@ -36,13 +42,30 @@ def unwrap_variables(variables: Iterable[Any]) -> List[Any]:
 
 
 class _ArchiveMixin:
-    """Shared by the Keras 3 and tf_keras archives; see the module docstring."""
+    """Shared by the Keras 3 and tf_keras archives; see the module docstring.
+
+    The public methods keep the stock signatures and errors: Keras's own
+    ExportArchive test suite runs against these classes as well as the stock
+    ones (tests/integration/test_keras_export_suite.py).
+    """
 
     def _trackable_root(self):
         raise NotImplementedError
 
+    def _stock_printers(self, verbose):
+        """The stock module's (print_signature(fn, name), print_msg) for the summary."""
+        raise NotImplementedError
+
     def add_variable_collection(self, name, variables):
-        super().add_variable_collection(name, unwrap_variables(variables))
+        # The stock method validates first: the container (a list/tuple/set, so
+        # a single Variable, a dict or a generator gets its error) and then the
+        # elements. Unwrapping before it would iterate the argument, turning a
+        # dict into its keys and a generator into an accepted list. So let it
+        # validate and store `list(variables)`, then swap the stored Keras 3
+        # wrappers for their tf.Variables (module docstring).
+        super().add_variable_collection(name, variables)
+        root = self._trackable_root()
+        setattr(root, name, unwrap_variables(getattr(root, name)))
 
     def concrete_endpoint(self, name: str):
         return self._get_concrete_fn(name)
@@ -52,23 +75,111 @@ class _ArchiveMixin:
         child of the SavedModel root, reachable on reload as an attribute."""
         setattr(self._trackable_root(), name, trackable)
 
-    def write_out(self, filepath, options=None, serving_default: Optional[str] = None,
-                  method_names: Optional[Dict[str, str]] = None, **unused):
+    def write_out(self, filepath, options=None, verbose=True, *,
+                  serving_default: Optional[str] = None,
+                  method_names: Optional[Dict[str, str]] = None,
+                  signature_functions: Optional[Dict[str, Any]] = None):
+        """The stock `write_out`, plus two keyword-only extras.
+
+        Args:
+          filepath, options, verbose: as in the stock method. `verbose` prints
+            the stock summary of the endpoints (tf_keras's stock method has no
+            `verbose` and always prints; here it defaults to printing too).
+          serving_default: the endpoint aliased as ``serving_default`` (the
+            signature TF Serving calls when a request names none). None: the
+            stock rule, the first endpoint unless one is named ``serving_default``.
+          method_names: signature name -> SignatureDef method name, e.g.
+            ``{"classify": tf.saved_model.CLASSIFY_METHOD_NAME}``.
+          signature_functions: endpoint name -> the concrete function to save as
+            its *signature* instead of the endpoint function itself (e.g. one whose
+            outputs carry the model's names); the endpoint method is unchanged.
+        """
         if not self._endpoint_names:
             raise ValueError("No endpoints have been set yet. Call add_endpoint().")
+        # Arguments are checked before anything is traced or written, so a bad
+        # one leaves nothing on disk.
+        aliased = self._serving_default_endpoint(serving_default)
+        method_names = _checked_method_names(
+            method_names, list(dict.fromkeys(self._endpoint_names + ["serving_default"])))
+        if aliased != "serving_default" and aliased in method_names:
+            # The alias is the same function, so it takes the same method.
+            method_names["serving_default"] = method_names[aliased]
         self._filter_and_track_resources()
+        signature_functions = dict(signature_functions or {})
+        unknown = sorted(set(signature_functions) - set(self._endpoint_names))
+        if unknown:
+            raise ValueError(f"write_out(signature_functions=...): {unknown} are not "
+                             f"endpoints. Allowed: {self._endpoint_names}.")
         signatures: Dict[str, Any] = {
-            name: self._get_concrete_fn(name) for name in self._endpoint_names}
-        if "serving_default" not in signatures:
-            # TF Serving calls `serving_default` when a request names no signature.
-            signatures["serving_default"] = signatures[serving_default or self._endpoint_names[0]]
+            name: signature_functions.get(name) or self._get_concrete_fn(name)
+            for name in self._endpoint_names}
+        # TF Serving calls `serving_default` when a request names no signature.
+        signatures.setdefault("serving_default", signatures[aliased])
         tf.saved_model.save(self._trackable_root(), filepath, options=options,
                             signatures=signatures)
         if method_names:
-            aliased = serving_default or self._endpoint_names[0]
-            if "serving_default" not in self._endpoint_names and aliased in method_names:
-                method_names = {**method_names, "serving_default": method_names[aliased]}
             set_method_names(filepath, method_names)
+        if verbose:
+            self._print_endpoints(filepath, verbose)
+
+    def _serving_default_endpoint(self, requested: Optional[str]) -> str:
+        names = self._endpoint_names
+        if "serving_default" in names:
+            if requested in (None, "serving_default"):
+                return "serving_default"
+            raise ValueError(
+                f"write_out(serving_default={requested!r}): an endpoint is already named "
+                f"'serving_default', so it is the default signature. Allowed: "
+                f"'serving_default' or None. Fix: rename that endpoint, or omit "
+                f"serving_default.")
+        if requested is None:
+            return names[0]
+        if requested not in names:
+            raise ValueError(
+                f"write_out(serving_default={requested!r}): no endpoint has that name. "
+                f"Allowed: {', '.join(repr(n) for n in names)}. Fix: pass the name of an "
+                f"endpoint added with add_endpoint(), or omit serving_default to alias "
+                f"the first endpoint ({names[0]!r}).")
+        return requested
+
+    def _print_endpoints(self, filepath, verbose) -> None:
+        # The stock text, built with the stock (private) helpers so it stays the
+        # same text; test_keras_export_suite.py compares it with the stock
+        # output. Their print_msg honours Keras's interactive-logging switch
+        # (stdout, or absl logging when it is off).
+        print_signature, print_msg = self._stock_printers(verbose)
+        root = self._trackable_root()
+        endpoints = "\n\n".join(
+            print_signature(getattr(root, name), name) for name in self._endpoint_names)
+        print_msg(f"Saved artifact at '{filepath}'. "
+                  "The following endpoints are available:\n\n"
+                  f"{endpoints}")
+
+
+_METHOD_NAMES = (tf.saved_model.PREDICT_METHOD_NAME, tf.saved_model.CLASSIFY_METHOD_NAME,
+                 tf.saved_model.REGRESS_METHOD_NAME)
+
+
+def _checked_method_names(method_names: Optional[Dict[str, str]],
+                          signature_names: List[str]) -> Dict[str, str]:
+    """A copy of `method_names`, refused if it names an unknown signature or method.
+
+    Setting a method on a name the SavedModel lacks would add an empty, broken
+    SignatureDef (protobuf maps create missing keys).
+    """
+    method_names = dict(method_names or {})
+    for name, method in method_names.items():
+        if name not in signature_names:
+            raise ValueError(
+                f"write_out(method_names={{{name!r}: ...}}): no signature has that name. "
+                f"Allowed: {', '.join(repr(n) for n in signature_names)}. "
+                f"Fix: use the name of an endpoint.")
+        if method not in _METHOD_NAMES:
+            raise ValueError(
+                f"write_out(method_names={{{name!r}: {method!r}}}): unknown method name. "
+                f"Allowed: {', '.join(repr(m) for m in _METHOD_NAMES)}. "
+                f"Fix: use a tf.saved_model.*_METHOD_NAME constant.")
+    return method_names
 
 
 def set_method_names(export_dir: str, method_names: Dict[str, str]) -> None:
@@ -100,6 +211,11 @@ def _keras3_archive_class():
         def _trackable_root(self):
             return self._tf_trackable
 
+        def _stock_printers(self, verbose):
+            from keras.src.export.saved_model import _print_signature
+            from keras.src.utils import io_utils
+            return functools.partial(_print_signature, verbose=verbose), io_utils.print_msg
+
         def _track_layer(self, layer):
             # The stock version appends keras.Variable wrappers: see module docstring.
             root = self._tf_trackable
@@ -118,6 +234,11 @@ def _tf_keras_archive_class():
 
         def _trackable_root(self):
             return self
+
+        def _stock_printers(self, verbose):
+            from tf_keras.src.export.export_lib import _print_signature
+            from tf_keras.src.utils import io_utils
+            return _print_signature, io_utils.print_msg
 
     return TfKerasExportArchive
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from export_archive import describe
 
@@ -54,8 +55,12 @@ class CheckReport:
                          for r in self.failures())
 
     def format(self) -> str:
-        lines = [f"{'PASS' if r['passed'] else 'FAIL'} {r['check']:<16} "
-                 f"{r['endpoint'] or '-':<20} {r['detail']}" for r in self.results]
+        """The verdict first, then one line per check (as in the export report)."""
+        failed = len(self.failures())
+        lines = [f"serving check: {'PASSED' if self.passed else 'FAILED'} "
+                 f"({len(self.results)} checks, {failed} failed)"]
+        lines += [f"{'PASS' if r['passed'] else 'FAIL'} {r['check']:<16} "
+                  f"{r['endpoint'] or '-':<20} {r['detail']}" for r in self.results]
         lines.append("serving check " + ("passed" if self.passed else "FAILED"))
         return "\n".join(lines)
 
@@ -123,14 +128,59 @@ def build_requests(export_dir: str,
         else:
             request = log.predict_log.request
             request.model_spec.signature_name = sig.name
+            named = (features_from_examples(sig.inputs, example_source(batch))
+                     if example_source is not None and not _takes_examples(sig) else None)
             for key, text in sig.inputs.items():
-                if text.startswith("string[") and example_source is not None:
+                if named is not None:
+                    value = named[key]
+                elif text.startswith("string[") and example_source is not None:
                     value = np.array(example_source(batch), dtype=object)
                 else:
                     value = _synthesize(text, batch, rng)
                 request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         logs.append(log)
     return logs
+
+
+def _takes_examples(sig) -> bool:
+    return len(sig.inputs) == 1 and next(iter(sig.inputs.values())) == "string[?]"
+
+
+def features_from_examples(inputs: Dict[str, str], records: List[bytes]
+                           ) -> Optional[Dict[str, np.ndarray]]:
+    """Named inputs (a raw_features signature's) filled from real tf.Examples, when
+    every input is a feature of the records; None otherwise (then synthesized)."""
+    if not records:
+        return None
+    spec = {}
+    for key, text in inputs.items():
+        dtype, dims = text.split("[", 1)
+        dims = [d for d in dims.rstrip("]").split(",") if d][1:]
+        # tf.Example holds only float, int64 and bytes: parse as those, then cast.
+        parse_dtype = (tf.string if dtype == "string" else
+                       tf.float32 if tf.as_dtype(dtype).is_floating else tf.int64)
+        if dtype not in ("string", "bool") and not (tf.as_dtype(dtype).is_floating
+                                                     or tf.as_dtype(dtype).is_integer):
+            return None
+        if any(d in ("?", "*") for d in dims):
+            spec[key] = tf.io.VarLenFeature(parse_dtype)
+        else:
+            spec[key] = tf.io.FixedLenFeature([int(d) for d in dims], parse_dtype)
+    try:
+        parsed = tf.io.parse_example(tf.constant(records), spec)
+    except (tf.errors.InvalidArgumentError, ValueError):
+        return None   # some input is not a feature of these records
+    out = {}
+    for key, value in parsed.items():
+        if isinstance(value, tf.SparseTensor):
+            value = tf.sparse.to_dense(value)
+            if value.shape[-1] == 0:
+                return None   # no record has this feature: not an example feature
+        np_value = value.numpy()
+        dtype = inputs[key].split("[", 1)[0]
+        out[key] = np_value.astype(object if dtype == "string" else tf.as_dtype(dtype)
+                                   .as_numpy_dtype)
+    return out
 
 
 def write_prediction_logs(path: str, logs) -> None:
@@ -178,12 +228,22 @@ def run_contract(export_dir: str, requests=None, latency_runs: int = 0,
         return data
 
 
-def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None) -> CheckReport:
+# Where `export-archive check DIR` takes each signature's requests from, in order.
+SOURCE_WARMUP = "the model's own warmup requests (assets.extra)"
+SOURCE_EXAMPLES = "the --examples records"
+SOURCE_SYNTHESIZED = ("synthesized inputs (no warmup request for it and no --examples): "
+                      "a parser with required features may reject them")
+
+
+def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None,
+                      latency_runs: int = 20) -> CheckReport:
     """The `export-archive check DIR` command: TF Serving's contract, no parity.
 
-    tf.Example (string) inputs get the records of `example_files`; without them,
-    empty serialized examples, which a parser with required features rejects.
-    Parity needs the source model: pass it through `export` with the check on.
+    Each signature is called at batch 1 and 64, as `export` does, with requests
+    taken from, in order: the model's own warmup file (the requests its export
+    checked, replayed the way TF Serving replays them at load); the records of
+    `example_files`; synthesized values. A `requests` row per signature says which.
+    Parity needs the source model: run `export` with the check on for that.
     """
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
@@ -192,8 +252,60 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
     if example_files:
         from export_archive.examples import read_records
         source = lambda count: read_records(example_files, count)  # noqa: E731
-    requests = build_requests(export_dir, source, SMALL_BATCH)
-    return CheckReport(run_contract(export_dir, requests)["results"])
+    warmup_path = os.path.join(export_dir, WARMUP_FILE)
+    warmup = {}
+    if tf.io.gfile.exists(warmup_path):
+        try:
+            for log in read_prediction_logs(warmup_path):
+                warmup.setdefault(_signature_name(log), log)
+        except (tf.errors.OpError, ValueError, DecodeError):
+            warmup = {}   # the contract's own `warmup` row reports the broken file
+    built = {size: build_requests(export_dir, source, size, seed=size)
+             for size in (SMALL_BATCH, LARGE_BATCH)}
+    requests, rows = {SMALL_BATCH: [], LARGE_BATCH: []}, []
+    for i, log in enumerate(built[SMALL_BATCH]):
+        name = _signature_name(log)
+        if name in warmup:
+            origin = SOURCE_WARMUP
+            for size in requests:
+                requests[size].append(_resized(warmup[name], size))
+        else:
+            origin = SOURCE_EXAMPLES if source is not None else SOURCE_SYNTHESIZED
+            for size in requests:
+                requests[size].append(built[size][i])
+        rows.append({"check": "requests", "endpoint": name, "passed": True,
+                     "detail": f"from {origin}"})
+    contract = run_contract(export_dir, requests[SMALL_BATCH] + requests[LARGE_BATCH],
+                            latency_runs=latency_runs)
+    results = [r for r in contract["results"] if r["check"] != "run"]
+    results += rows + _latency_rows([r for r in contract["results"] if r["check"] == "run"])
+    return CheckReport(results)
+
+
+def _resized(log, batch: int):
+    """A copy of a warmup request with `batch` examples: its inputs repeated along the
+    batch dimension (TF Serving's warmup requests are usually of batch 1)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+    out = prediction_log_pb2.PredictionLog()
+    out.CopyFrom(log)
+    kind = out.WhichOneof("log_type")
+    if kind == "predict_log":
+        inputs = out.predict_log.request.inputs
+        for key in list(inputs):
+            value = tf.make_ndarray(inputs[key])
+            if value.ndim == 0 or value.shape[0] == 0:
+                continue
+            reps = -(-batch // value.shape[0])
+            value = np.concatenate([value] * reps)[:batch]
+            inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    elif kind in ("classify_log", "regress_log"):
+        examples = getattr(out, kind).request.input.example_list.examples
+        originals = list(examples)
+        if originals:
+            del examples[:]
+            for j in range(batch):
+                examples.add().CopyFrom(originals[j % len(originals)])
+    return out
 
 
 # ---- parity with the in-memory model
@@ -336,10 +448,13 @@ def compare_specs(name: str, concrete, served: Dict[str, np.ndarray]) -> Dict[st
 
 
 def _latency_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    rows, by_endpoint = [], {}
+    rows, by_endpoint, failed = [], {}, set()
     for run in runs:
         if not run["passed"]:
-            rows.append(run)
+            # One row per failing endpoint: batch 64 fails as batch 1 did.
+            if run["endpoint"] not in failed:
+                failed.add(run["endpoint"])
+                rows.append(run)
             continue
         by_endpoint.setdefault(run["endpoint"], []).append(json.loads(run["detail"]))
     for name, details in by_endpoint.items():

@@ -38,12 +38,19 @@ DTYPES = (
 
 KIND_FEATURES = "features"
 KIND_TF_EXAMPLE = "tf_example"
-KINDS = (KIND_FEATURES, KIND_TF_EXAMPLE)
+# Named raw features in (as REST / Vertex clients send JSON `instances`), the
+# Transform graph applied in-graph, then the model.
+KIND_RAW_FEATURES = "raw_features"
+KINDS = (KIND_FEATURES, KIND_TF_EXAMPLE, KIND_RAW_FEATURES)
+# Kinds whose input is parsed or built from a Schema / Transform graph.
+SPEC_KINDS = (KIND_TF_EXAMPLE, KIND_RAW_FEATURES)
 
 FN_CALL = "call"
 FN_SIGNATURE_PREFIX = "signature:"
 
 METHODS = ("predict", "classify", "regress")
+# What a classify endpoint applies to the model's output before it becomes `scores`.
+SCORE_ACTIVATIONS = ("none", "softmax", "sigmoid")
 
 VARIABLE_SOURCES = ("optimizer", "trainable", "non_trainable", "all")
 VARIABLE_SOURCE_LAYER_PREFIX = "layer:"
@@ -288,9 +295,19 @@ class EndpointConfig:
     transform: bool = False
     exclude_features: Tuple[str, ...] = ()
     method: str = "predict"
+    input_keys: Optional[Tuple[str, ...]] = None
+    # classify only: class labels (a list), or {"vocabulary": NAME} of the Transform graph.
+    classes: Optional[Any] = None
+    score_activation: str = "none"
 
     FIELDS = ("name", "fn", "kind", "training", "input_signature", "output_keys",
-              "transform", "exclude_features", "method")
+              "input_keys", "transform", "exclude_features", "method", "classes",
+              "score_activation")
+
+    @property
+    def classes_vocabulary(self) -> Optional[str]:
+        """For ``classes: {"vocabulary": NAME}``, the Transform vocabulary's NAME."""
+        return self.classes.get("vocabulary") if isinstance(self.classes, dict) else None
 
     @property
     def is_call(self) -> bool:
@@ -335,11 +352,13 @@ class EndpointConfig:
                               "remove `training`, or set fn to \"call\"")
         signature = None
         if "input_signature" in r.obj:
-            if kind == KIND_TF_EXAMPLE:
-                raise ConfigError(_join(path, "input_signature"), "a tf_example endpoint has a "
-                                  "fixed input (one string[?] of serialized tf.Examples)",
-                                  r.obj["input_signature"], "no input_signature with kind "
-                                  "tf_example", "remove input_signature")
+            if kind in SPEC_KINDS:
+                raise ConfigError(_join(path, "input_signature"), f"a {kind} endpoint's "
+                                  "inputs come from the Schema / Transform graph (tf_example: "
+                                  "one string[?] of serialized tf.Examples; raw_features: one "
+                                  "named input per raw feature)", r.obj["input_signature"],
+                                  f"no input_signature with kind {kind}",
+                                  "remove input_signature")
             signature = tuple(parse_signature(r.obj["input_signature"],
                                               _join(path, "input_signature")))
         output_keys = None
@@ -352,19 +371,56 @@ class EndpointConfig:
             if dup is not None:
                 raise ConfigError(_join(path, "output_keys"), "duplicate output key", dup,
                                   "distinct keys", "rename one of them")
-        example_only = {"transform": r.get("transform", bool, default=False),
-                        "exclude_features": r.strings("exclude_features"),
-                        "method": r.get("method", str, default="predict")}
-        _one_of(_join(path, "method"), example_only["method"], METHODS, "method")
-        if kind != KIND_TF_EXAMPLE:
-            for key in ("transform", "exclude_features", "method"):
+        input_keys = None
+        if "input_keys" in r.obj:
+            if kind != KIND_FEATURES:
+                raise ConfigError(_join(path, "input_keys"), f"a {kind} endpoint's input "
+                                  "names are fixed (tf_example: examples / inputs; "
+                                  "raw_features: the feature names)", r.obj["input_keys"],
+                                  "input_keys on features endpoints only",
+                                  "remove input_keys")
+            input_keys = r.strings("input_keys")
+            dup = _first_duplicate(input_keys)
+            if not input_keys or dup is not None:
+                raise ConfigError(_join(path, "input_keys"), "must list distinct names",
+                                  list(input_keys), "one distinct name per input tensor",
+                                  "list the names, or omit the field")
+            for i, key in enumerate(input_keys):
+                if not _NAME_RE.match(key):
+                    raise ConfigError(f"{_join(path, 'input_keys')}[{i}]", "not a valid "
+                                      "input name", key, "a letter followed by letters, "
+                                      "digits or _ (TF Serving's REST API keys instances "
+                                      "by it)", f"rename it, e.g. {_suggest_name(key)!r}")
+        spec_only = {"transform": r.get("transform", bool, default=False),
+                     "exclude_features": r.strings("exclude_features")}
+        if kind not in SPEC_KINDS:
+            for key in spec_only:
                 if key in r.obj:
                     raise ConfigError(_join(path, key), f"`{key}` applies only to "
-                                      "tf_example endpoints", r.obj[key],
-                                      '`"kind": "tf_example"` endpoints',
+                                      "tf_example and raw_features endpoints", r.obj[key],
+                                      '`"kind": "tf_example"` or `"raw_features"` endpoints',
                                       f'add "kind": "tf_example", or remove `{key}`')
+        method = _one_of(_join(path, "method"), r.get("method", str, default="predict"),
+                         METHODS, "method")
+        if "method" in r.obj and kind != KIND_TF_EXAMPLE:
+            raise ConfigError(_join(path, "method"), "`method` applies only to tf_example "
+                              "endpoints (TF Serving's Classify and Regress APIs take "
+                              "tf.Examples)", r.obj["method"], '`"kind": "tf_example"` '
+                              "endpoints", 'add "kind": "tf_example", or remove `method`')
+        classes = _classes(r, path)
+        score_activation = _one_of(
+            _join(path, "score_activation"), r.get("score_activation", str, default="none"),
+            SCORE_ACTIVATIONS, "score activation")
+        for key in ("classes", "score_activation"):
+            if key in r.obj and method != "classify":
+                raise ConfigError(_join(path, key), f"`{key}` applies only to classify "
+                                  "endpoints", r.obj[key], '`"method": "classify"` on a '
+                                  "tf_example endpoint", f'set "method": "classify", or '
+                                  f"remove `{key}`")
         return cls(name=name, fn=fn, kind=kind, training=training,
-                   input_signature=signature, output_keys=output_keys, **example_only)
+                   input_signature=signature, output_keys=output_keys, method=method,
+                   input_keys=input_keys, classes=classes, score_activation=score_activation,
+                   **spec_only)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}
@@ -378,14 +434,39 @@ class EndpointConfig:
             out["input_signature"] = [_dump_structure(s) for s in self.input_signature]
         if self.output_keys is not None:
             out["output_keys"] = list(self.output_keys)
-        if self.kind == KIND_TF_EXAMPLE:
+        if self.input_keys is not None:
+            out["input_keys"] = list(self.input_keys)
+        if self.kind in SPEC_KINDS:
             if self.transform:
                 out["transform"] = True
             if self.exclude_features:
                 out["exclude_features"] = list(self.exclude_features)
             if self.method != "predict":
                 out["method"] = self.method
+        if self.classes is not None:
+            out["classes"] = (dict(self.classes) if isinstance(self.classes, dict)
+                              else list(self.classes))
+        if self.score_activation != "none":
+            out["score_activation"] = self.score_activation
         return out
+
+
+def _classes(r: "_Reader", path: str) -> Optional[Any]:
+    """`classes`: a list of distinct labels, or {"vocabulary": NAME} (Transform's)."""
+    if "classes" not in r.obj:
+        return None
+    value, where = r.obj["classes"], _join(path, "classes")
+    if isinstance(value, dict):
+        sub = _Reader(value, where, "classes", ("vocabulary",))
+        return {"vocabulary": sub.get("vocabulary", str, required=True)}
+    labels = r.strings("classes")
+    dup = _first_duplicate(labels)
+    if not labels or dup is not None:
+        raise ConfigError(where, "must list distinct class labels", list(labels),
+                          'a list such as ["Adelie", "Chinstrap", "Gentoo"], or '
+                          '{"vocabulary": "NAME"} of the Transform graph',
+                          "list each class once, in the order of the model's outputs")
+    return labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,9 +513,10 @@ class ExportConfig:
     import_modules: Tuple[str, ...] = ()
     allow_unsafe_deserialization: bool = False
     check: Tuple[Tuple[str, Any], ...] = ()
+    contract: Tuple[Tuple[str, Any], ...] = ()
 
     FIELDS = ("endpoints", "serving_default", "variable_collections", "save_options",
-              "import_modules", "allow_unsafe_deserialization", "check")
+              "import_modules", "allow_unsafe_deserialization", "check", "contract")
 
     # ---- construction
 
@@ -527,9 +609,11 @@ class ExportConfig:
                                   "a dotted Python module path", 'write e.g. "my_pkg.layers"')
         unsafe = r.get("allow_unsafe_deserialization", bool, default=False)
         check = _parse_check(r.get("check", dict, default={}))
+        contract = _parse_contract(r.get("contract", dict, default={}))
         return cls(endpoints=endpoints, serving_default=serving_default,
                    variable_collections=collections, save_options=save_options,
-                   import_modules=modules, allow_unsafe_deserialization=unsafe, check=check)
+                   import_modules=modules, allow_unsafe_deserialization=unsafe, check=check,
+                   contract=contract)
 
     # ---- serialization
 
@@ -548,6 +632,9 @@ class ExportConfig:
             out["allow_unsafe_deserialization"] = True
         if self.check:
             out["check"] = dict(self.check)
+        if self.contract:
+            out["contract"] = {k: (list(v) if isinstance(v, tuple) else v)
+                               for k, v in self.contract}
         return out
 
     def to_json(self, indent: Optional[int] = None) -> str:
@@ -580,6 +667,10 @@ class ExportConfig:
     @property
     def check_dict(self) -> Dict[str, Any]:
         return dict(self.check)
+
+    @property
+    def contract_dict(self) -> Dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.contract}
 
 
 def _too_deep() -> ConfigError:
@@ -661,3 +752,48 @@ def _parse_check(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
                               "use a tolerance such as 1e-5")
         out.append((key, value))
     return tuple(out)
+
+
+# The contract guard's options (see the `contract` module): what happens when the
+# new model would break the clients of the baseline model, and which breaks are
+# intended. Only used when a baseline is given (first runs have none).
+CONTRACT_OPTIONS = ("on_breaking", "allow")
+ON_BREAKING = ("fail", "warn")
+_ALLOW_RE = re.compile(r"^([^:\s]+):(\S+)\Z")
+
+
+def _parse_contract(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    from export_archive.contract import BREAKING_KINDS, COMPATIBLE_KINDS  # no TensorFlow
+    r = _Reader(obj, "contract", "the contract section", tuple(CONTRACT_OPTIONS))
+    out = []
+    if "on_breaking" in obj:
+        out.append(("on_breaking", _one_of("contract.on_breaking", r.get("on_breaking", str),
+                                           ON_BREAKING, "on_breaking value")))
+    if "allow" in obj:
+        allow = r.get("allow", list)
+        for i, entry in enumerate(allow):
+            _check_allow_entry(f"contract.allow[{i}]", entry, BREAKING_KINDS, COMPATIBLE_KINDS)
+        out.append(("allow", tuple(allow)))
+    return tuple(out)
+
+
+def _check_allow_entry(path: str, entry: Any, breaking, compatible) -> None:
+    example = '"input_renamed:serve/inputs/x" or "*:serve_features/*"'
+    if not isinstance(entry, str):
+        raise ConfigError(path, f"must be a string, not {_type_name(entry)}", entry,
+                          "a change id KIND:PATH as `export-archive diff` prints it",
+                          f"write it as a string, e.g. {example}")
+    match = _ALLOW_RE.match(entry)
+    if not match:
+        raise ConfigError(path, "an allowed break is named KIND:PATH", entry,
+                          "a change id as `export-archive diff` prints it (shell-style "
+                          "wildcards allowed)", f"write e.g. {example}")
+    kind = match.group(1)
+    if kind in compatible:
+        raise ConfigError(path, f"{kind!r} is a compatible change, which needs no allowing",
+                          entry, "a breaking kind: " + ", ".join(breaking),
+                          "remove the entry")
+    if kind not in breaking and not any(c in kind for c in "*?["):
+        raise ConfigError(path, f"unknown change kind {kind!r}", entry,
+                          ", ".join(breaking) + " (or a wildcard)",
+                          "copy the id from `export-archive diff OLD NEW`")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
@@ -70,10 +70,48 @@ def describe(export_dir: str) -> List[SignatureInfo]:
     return out
 
 
-def format_signatures(signatures: List[SignatureInfo]) -> str:
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def _called_functions(meta_graph, signature_def) -> Optional[frozenset]:
+    """The functions a TF2 signature's wrapper calls: the endpoint it serves."""
+    if not signature_def.outputs:
+        return None
+    nodes = {n.name: n for n in meta_graph.graph_def.node}
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    node = nodes.get(next(iter(signature_def.outputs.values())).name.split(":")[0])
+    wrapper = library.get(node.attr["f"].func.name) if node is not None else None
+    if wrapper is None:
+        return None
+    called = frozenset(n.attr["f"].func.name for n in wrapper.node_def if "f" in n.attr)
+    return called or None
+
+
+def serving_default_alias(export_dir: str) -> Optional[str]:
+    """Which signature `serving_default` serves too (TF2 saves an alias as a second
+    wrapper around the same endpoint function); None when it is its own endpoint."""
+    meta_graph = serve_meta_graph(read_saved_model_proto(export_dir))
+    signatures = meta_graph.signature_def
+    if DEFAULT_SIGNATURE not in signatures:
+        return None
+    target = _called_functions(meta_graph, signatures[DEFAULT_SIGNATURE])
+    if target is None:
+        return None
+    for name in sorted(signatures):
+        if name not in (DEFAULT_SIGNATURE,) and not name.startswith("__") and \
+                _called_functions(meta_graph, signatures[name]) == target:
+            return name
+    return None
+
+
+def format_signatures(signatures: List[SignatureInfo],
+                      serving_default_of: Optional[str] = None) -> str:
     lines = []
     for sig in signatures:
-        lines.append(f"signature {sig.name!r} ({sig.method_name})")
+        alias = (f" = {serving_default_of!r}, what TF Serving calls when a request names "
+                 "no signature" if sig.name == DEFAULT_SIGNATURE and serving_default_of
+                 else "")
+        lines.append(f"signature {sig.name!r} ({sig.method_name}){alias}")
         for key, spec in sig.inputs.items():
             lines.append(f"  input  {key}: {spec}")
         for key, spec in sig.outputs.items():

@@ -1,7 +1,7 @@
 """Endpoint builders: one `EndpointConfig` + a `ModelSource` -> (function, input signature).
 
 The result is exactly what `ExportArchive.add_endpoint(name, fn, input_signature)`
-takes. Kinds other than plain features (``tf_example``) are built by
+takes. Kinds other than plain features (``tf_example``, ``raw_features``) are built by
 `export_archive.examples`, which needs a feature spec from outside the model.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from export_archive.config import ConfigError, EndpointConfig, SpecLeaf
+from export_archive.config import SPEC_KINDS, ConfigError, EndpointConfig, SpecLeaf
 from export_archive.sources import ModelSource
 
 
@@ -40,17 +40,18 @@ def tensor_spec_to_leaf(spec: tf.TensorSpec) -> SpecLeaf:
 def build(endpoint: EndpointConfig, source: ModelSource, where: str,
           example_builder: Optional[Callable] = None) -> Tuple[Callable, List[Any]]:
     """Returns ``(fn, input_signature)`` for one endpoint."""
-    if endpoint.kind == "tf_example":
+    if endpoint.kind in SPEC_KINDS:
         if example_builder is None:
-            raise ConfigError(f"{where}.kind", "a tf_example endpoint needs a feature spec: "
-                              "give a Schema or a Transform graph", "tf_example",
+            raise ConfigError(f"{where}.kind", f"a {endpoint.kind} endpoint needs a feature "
+                              "spec: give a Schema or a Transform graph", endpoint.kind,
                               "a schema (--schema / schema=) or transform graph "
                               "(--transform-graph / transform_graph=)",
                               "pass the Schema or TransformGraph artifact to the exporter")
         fn, signature = example_builder(endpoint, source, where)
     elif endpoint.is_call:
         fn = source.call_fn(endpoint.training, where)
-        signature = (signature_to_tensor_specs(endpoint.input_signature)
+        signature = (_named_like_model(signature_to_tensor_specs(endpoint.input_signature),
+                                       source)
                      if endpoint.input_signature is not None
                      else source.infer_input_signature(where))
     elif endpoint.signature_name is not None:
@@ -59,7 +60,42 @@ def build(endpoint: EndpointConfig, source: ModelSource, where: str,
         fn, signature = _factory_endpoint(endpoint, source, where)
     if endpoint.output_keys is not None:
         fn = _with_output_keys(fn, endpoint.output_keys, where)
+    if endpoint.input_keys is not None:
+        signature = _with_input_keys(signature, endpoint.input_keys, where)
     return fn, signature
+
+
+def _named_like_model(signature, source: ModelSource):
+    """Unnamed single-tensor arguments of a config's input_signature take the names of
+    the model's Inputs at the same positions (else TF names them args_0, args_1, ...)."""
+    if not any(isinstance(s, tf.TensorSpec) and s.name is None for s in signature):
+        return signature
+    try:
+        inferred = source.infer_input_signature("")
+    except ConfigError:
+        return signature   # e.g. a subclassed model never called: keep TF's names
+    named = []
+    for i, spec in enumerate(signature):
+        model_spec = inferred[i] if i < len(inferred) else None
+        if (isinstance(spec, tf.TensorSpec) and spec.name is None
+                and isinstance(model_spec, tf.TensorSpec) and model_spec.name):
+            spec = tf.TensorSpec(spec.shape, spec.dtype, name=model_spec.name)
+        named.append(spec)
+    return named
+
+
+def _with_input_keys(signature, keys, where):
+    """Names each single-tensor argument: TF Serving keys a signature input (and REST
+    `instances` entries) by its TensorSpec name."""
+    if len(keys) != len(signature) or not all(isinstance(s, tf.TensorSpec) for s in signature):
+        shapes = [type(s).__name__ if not isinstance(s, tf.TensorSpec) else "tensor"
+                  for s in signature]
+        raise ConfigError(f"{where}.input_keys", f"the endpoint takes {len(signature)} "
+                          f"argument(s) ({', '.join(shapes)}) but {len(keys)} input key(s) "
+                          "were given", list(keys), "one key per single-tensor argument "
+                          "(a dict argument is keyed by its own keys)",
+                          "list one name per argument, or omit input_keys")
+    return [tf.TensorSpec(s.shape, s.dtype, name=k) for s, k in zip(signature, keys)]
 
 
 def _signature_endpoint(endpoint, source, where):
@@ -132,6 +168,42 @@ def _relax_batch_dim(spec):
     if isinstance(spec, tf.TensorSpec) and spec.shape.rank:
         return tf.TensorSpec([None] + spec.shape.as_list()[1:], spec.dtype, spec.name)
     return spec
+
+
+def name_outputs(outputs, names: Optional[List[str]]):
+    """The model's outputs keyed by its own output names (a dict output as it is)."""
+    if names is None or isinstance(outputs, dict):
+        return outputs
+    flat = tf.nest.flatten(outputs)
+    return dict(zip(names, flat)) if len(flat) == len(names) else outputs
+
+
+def default_output_names(endpoint: EndpointConfig, source: ModelSource
+                         ) -> Optional[List[str]]:
+    """The signature output keys an endpoint gets when the config names none: the
+    model's own output names, for endpoints that return what the model returns."""
+    if endpoint.output_keys is not None:
+        return None
+    if endpoint.is_call and endpoint.kind == "features" or (
+            endpoint.kind in SPEC_KINDS and endpoint.method == "predict"):
+        return source.output_names()
+    return None
+
+
+def named_signature(concrete, names: List[str]):
+    """A signature function returning `concrete`'s outputs keyed by `names`.
+
+    Only the SavedModel *signature* (what TF Serving and its clients see) is named:
+    the endpoint's own method on the reloaded object keeps returning what the model
+    returns, as the stock ExportArchive's does. It calls the endpoint function, so
+    the graph is not traced twice, and `serving_default` shares it with its alias.
+    """
+    args = list(concrete.structured_input_signature[0])
+
+    @tf.function(input_signature=args, autograph=False)
+    def signature(*inputs):
+        return name_outputs(concrete(*inputs), names)
+    return signature.get_concrete_function()
 
 
 def _with_output_keys(fn, keys, where):

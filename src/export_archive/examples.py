@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from export_archive.config import ConfigError, EndpointConfig
+from export_archive.config import KIND_RAW_FEATURES, ConfigError, EndpointConfig
 from export_archive.sources import ModelSource
 
 # Method names and keys from tensorflow/python/saved_model/signature_constants.py,
@@ -34,6 +34,7 @@ METHOD_NAMES = {
 PREDICT_INPUT_KEY = "examples"
 CLASSIFY_REGRESS_INPUT_KEY = "inputs"
 CLASSIFY_SCORES_KEY = "scores"
+CLASSIFY_CLASSES_KEY = "classes"
 REGRESS_OUTPUTS_KEY = "outputs"
 TRANSFORM_ATTRIBUTE = "transform_features_layer"
 SCHEMA_FILE = "schema.pbtxt"
@@ -86,6 +87,7 @@ class ExampleEndpointBuilder:
         self.schema_path, self.transform_graph_path = schema_path, transform_graph_path
         self.example_files = list(example_files or [])
         self._tft_output = None
+        self._transform_layer = None
         # Filled while endpoints are built, read by the writer: objects to save as
         # children of the SavedModel root, and signature method names to set.
         self.trackables: Dict[str, Any] = {}
@@ -115,6 +117,13 @@ class ExampleEndpointBuilder:
         from export_archive.check import synthesize_examples
         return synthesize_examples(self.raw_feature_spec(), count, np.random.default_rng(0))
 
+    def transform_layer(self):
+        """One Transform layer for every endpoint: its tables and assets saved once."""
+        if self._transform_layer is None:
+            self._transform_layer = self.tft_output.transform_features_layer()
+            self.trackables[TRANSFORM_ATTRIBUTE] = self._transform_layer
+        return self._transform_layer
+
     def __call__(self, endpoint: EndpointConfig, source: ModelSource, where: str):
         feature_spec = self.raw_feature_spec()
         missing = [f for f in endpoint.exclude_features if f not in feature_spec]
@@ -130,31 +139,88 @@ class ExampleEndpointBuilder:
                 raise ConfigError(f"{where}.transform", "transform: true needs the Transform "
                                   "graph", True, "a transform_graph input",
                                   "pass the Transform component's transform_graph")
-            transform_layer = self.tft_output.transform_features_layer()
+            transform_layer = self.transform_layer()
         model_fn = source.call_fn(training=False, where=where)
         model_inputs = source.infer_input_signature(where)
-        method = endpoint.method
-        input_key = PREDICT_INPUT_KEY if method == "predict" else CLASSIFY_REGRESS_INPUT_KEY
-
         reads = _InputsRead(model_fn, model_inputs)
         feature_origin = ("Transform output" if transform_layer is not None
                           else "raw feature (Schema)")
+        classes = self._classes(endpoint, where)
 
-        def serve_tf_examples(serialized):
-            features = tf.io.parse_example(serialized, feature_spec)
+        def serve_features(features):
             if transform_layer is not None:
                 features = transform_layer(features)
             args = _match_inputs(features, model_inputs, where, reads, feature_origin)
-            outputs = model_fn(*args)
-            return _shape_outputs(outputs, method, where)
+            return _shape_outputs(model_fn(*args), endpoint, where, classes)
 
-        if transform_layer is not None and all(
-                t is not transform_layer for t in self.trackables.values()):
-            self.trackables[TRANSFORM_ATTRIBUTE] = transform_layer
+        if endpoint.kind == KIND_RAW_FEATURES:
+            return _raw_features_endpoint(feature_spec, serve_features, where)
+        method = endpoint.method
         if method != "predict":
             self.method_names[endpoint.name] = METHOD_NAMES[method]
-        signature = [tf.TensorSpec([None], tf.string, name=input_key)]
-        return serve_tf_examples, signature
+        input_key = PREDICT_INPUT_KEY if method == "predict" else CLASSIFY_REGRESS_INPUT_KEY
+
+        def serve_tf_examples(serialized):
+            return serve_features(tf.io.parse_example(serialized, feature_spec))
+        return serve_tf_examples, [tf.TensorSpec([None], tf.string, name=input_key)]
+
+    def _classes(self, endpoint: EndpointConfig, where: str) -> Optional[List[str]]:
+        vocabulary = endpoint.classes_vocabulary
+        if vocabulary is None:
+            return list(endpoint.classes) if endpoint.classes is not None else None
+        path = f"{where}.classes.vocabulary"
+        if self.tft_output is None:
+            raise ConfigError(path, "classes from a vocabulary need the Transform graph",
+                              vocabulary, "a transform_graph input",
+                              "pass the Transform component's transform_graph, or list "
+                              "the classes")
+        try:
+            values = self.tft_output.vocabulary_by_name(vocabulary)
+        except (ValueError, OSError, tf.errors.OpError):
+            assets = os.path.join(self.transform_graph_path, "transform_fn", "assets")
+            found = sorted(tf.io.gfile.listdir(assets)) if tf.io.gfile.isdir(assets) else []
+            raise ConfigError(path, "the Transform graph has no such vocabulary", vocabulary,
+                              ", ".join(found) or "(it has no vocabularies)",
+                              "name a vocabulary the preprocessing_fn writes (its "
+                              "vocab_filename)") from None
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def raw_input_spec(name: str, spec) -> tf.TensorSpec:
+    """The named input a raw feature gets: what TF Serving's REST API builds from
+    one value per instance (row format) for that feature."""
+    if isinstance(spec, tf.io.FixedLenFeature):
+        # One value per example ([] or [1], as SchemaGen infers it) is a scalar per
+        # instance, so a client sends {"age": 42}, not {"age": [42]}.
+        shape = [] if list(spec.shape) in ([], [1]) else list(spec.shape)
+        return tf.TensorSpec([None] + shape, spec.dtype, name=name)
+    if isinstance(spec, tf.io.VarLenFeature):
+        # A REST request stacks equal-length lists only: [batch, width].
+        return tf.TensorSpec([None, None], spec.dtype, name=name)
+    raise ConfigError(name, f"raw feature {name!r} is a {type(spec).__name__}, which has no "
+                      "dense request form", type(spec).__name__,
+                      "FixedLenFeature or VarLenFeature raw features",
+                      'serve it through a "kind": "tf_example" endpoint')
+
+
+def _raw_features_endpoint(feature_spec, serve_features, where):
+    try:
+        specs = {name: raw_input_spec(name, spec) for name, spec in sorted(feature_spec.items())}
+    except ConfigError as e:
+        raise ConfigError(f"{where}.kind", e.problem, e.received, e.allowed, e.fix) from None
+    var_len = {n for n, s in feature_spec.items() if isinstance(s, tf.io.VarLenFeature)}
+    single = {n for n, s in feature_spec.items()
+              if isinstance(s, tf.io.FixedLenFeature) and list(s.shape) == [1]}
+
+    def serve_raw_features(features):
+        # Each feature reaches Transform in the form tf.io.parse_example gives it:
+        # VarLen as a SparseTensor (every value a client sent is present), shape-[1]
+        # features as [batch, 1].
+        features = {name: (tf.RaggedTensor.from_tensor(value).to_sparse() if name in var_len
+                           else value[:, tf.newaxis] if name in single else value)
+                    for name, value in features.items()}
+        return serve_features(features)
+    return serve_raw_features, [specs]
 
 
 def _input_name(spec) -> Optional[str]:
@@ -238,6 +304,9 @@ class _InputsRead:
         self.model_fn, self.model_inputs = model_fn, model_inputs
         self._read: Optional[List[bool]] = None
 
+    # Plain Python even inside an autograph-converted endpoint (tf_keras traces with
+    # autograph): this walks graph protos, it builds no ops.
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, index: int) -> bool:
         if self._read is None:
             # Called while the endpoint itself is being traced: step out to eager
@@ -247,6 +316,7 @@ class _InputsRead:
         return self._read[index]
 
 
+@tf.autograph.experimental.do_not_convert
 def inputs_read(fn, input_signature: List[Any]) -> List[bool]:
     """For each flat input of ``fn(*input_signature)``: does an output depend on it?"""
     flat_specs = tf.nest.flatten(input_signature)
@@ -385,7 +455,9 @@ def _dense_width(tensor, spec: tf.TensorSpec) -> Optional[int]:
     return None
 
 
-def _shape_outputs(outputs, method: str, where: str):
+def _shape_outputs(outputs, endpoint: EndpointConfig, where: str,
+                   classes: Optional[List[str]] = None):
+    method = endpoint.method
     if method == "predict":
         return outputs
     flat = tf.nest.flatten(outputs)
@@ -394,6 +466,35 @@ def _shape_outputs(outputs, method: str, where: str):
                           f"tensor; it has {len(flat)}", method, "predict for multi-output "
                           "models", 'use "method": "predict"')
     tensor = tf.cast(flat[0], tf.float32)
-    if method == "classify":
-        return {CLASSIFY_SCORES_KEY: tensor}
-    return {REGRESS_OUTPUTS_KEY: tensor}
+    if method == "regress":
+        return {REGRESS_OUTPUTS_KEY: tensor}
+    return _classify_outputs(tensor, endpoint, where, classes)
+
+
+def _classify_outputs(scores, endpoint: EndpointConfig, where: str,
+                      classes: Optional[List[str]]):
+    """TF Serving's Classify contract: `scores` float [batch, num_classes] and,
+    optionally, `classes` string [batch, num_classes] (one label per score column)."""
+    if scores.shape.rank == 1:
+        scores = scores[:, tf.newaxis]
+    if endpoint.score_activation == "softmax":
+        scores = tf.nn.softmax(scores, axis=-1)
+    elif endpoint.score_activation == "sigmoid":
+        scores = tf.sigmoid(scores)
+    width = scores.shape[-1]
+    if classes is not None and width == 1 and len(classes) == 2:
+        # One probability p of the second class, as a binary model emits it: the
+        # two classes' scores are 1 - p and p.
+        scores = tf.concat([1.0 - scores, scores], axis=-1)
+        width = 2
+    outputs = {CLASSIFY_SCORES_KEY: scores}
+    if classes is not None:
+        if width is not None and width != len(classes):
+            raise ConfigError(f"{where}.classes", f"the model gives {width} score(s) per "
+                              f"example but {len(classes)} class(es) were given",
+                              list(classes), f"{width} classes (or 2 for one sigmoid "
+                              "output)", "list one class per output column, in order")
+        labels = tf.constant(classes, dtype=tf.string)
+        outputs[CLASSIFY_CLASSES_KEY] = tf.tile(labels[tf.newaxis, :],
+                                                tf.stack([tf.shape(scores)[0], 1]))
+    return outputs

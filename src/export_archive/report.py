@@ -9,6 +9,7 @@ from typing import Dict
 
 import tensorflow as tf
 
+from export_archive import contract
 from export_archive.writer import ExportResult
 
 
@@ -35,7 +36,29 @@ def to_markdown(result: ExportResult) -> str:
         for c in result.checks:
             lines.append(f"| {c.get('check', '')} | {c.get('endpoint', '')} | "
                          f"{'yes' if c.get('passed') else 'NO'} | {c.get('detail', '')} |")
+    lines += ["", "## Serving contract", "", _contract_summary(result)]
+    changes = (result.contract or {}).get("changes", [])
+    if changes:
+        lines += ["", "| change | where | before | after | verdict |", "|---|---|---|---|---|"]
+        for c in changes:
+            lines.append(f"| {c['kind']} | `{c['path']}` | {_cell(c['old'])} | "
+                         f"{_cell(c['new'])} | {_verdict(c)} |")
     return "\n".join(lines) + "\n"
+
+
+def _contract_summary(result: ExportResult) -> str:
+    # An ExportResult made without `export` (or before the contract guard) has none.
+    return (result.contract or {}).get("summary", contract.NO_BASELINE)
+
+
+def _verdict(change) -> str:
+    if not change["breaking"]:
+        return "compatible"
+    return "breaking (allowed)" if change["allowed"] else "**BREAKING**"
+
+
+def _cell(text: str) -> str:
+    return f"`{text}`" if text else ""
 
 
 def _specs(specs: Dict[str, str]) -> str:
@@ -54,6 +77,10 @@ def to_html(result: ExportResult) -> str:
         f"<td>{html.escape(str(c.get('endpoint', '')))}</td>"
         f"<td>{'yes' if c.get('passed') else 'NO'}</td>"
         f"<td>{html.escape(str(c.get('detail', '')))}</td></tr>" for c in result.checks)
+    changes = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            c["kind"], c["path"], c["old"], c["new"], _verdict(c).strip("*"))) + "</tr>"
+        for c in (result.contract or {}).get("changes", []))
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Export report</title>"
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
@@ -65,6 +92,9 @@ def to_html(result: ExportResult) -> str:
         f"<th>outputs</th><th>serving_default</th></tr>{rows}</table>"
         + (f"<h2>Checks</h2><table><tr><th>check</th><th>endpoint</th><th>passed</th>"
            f"<th>detail</th></tr>{checks}</table>" if checks else "")
+        + f"<h2>Serving contract</h2><p>{html.escape(_contract_summary(result))}</p>"
+        + ("<table><tr><th>change</th><th>where</th><th>before</th><th>after</th>"
+           f"<th>verdict</th></tr>{changes}</table>" if changes else "")
         + "</body></html>\n")
 
 

@@ -4,7 +4,9 @@ Run as a *script* in its own process (`python serving_contract.py ...`), never
 imported by the exporter: it imports nothing but the standard library,
 TensorFlow and the TF Serving API protos, so an op that only a Python package
 registers (tensorflow_text, a custom layer library) is missing here exactly as
-it is missing in `tensorflow_model_server`.
+it is missing in `tensorflow_model_server`. But the server links some op
+libraries itself (SUPPORTED_TENSORFLOW_OPS in its BUILD: TF Text, TF-DF
+inference); those in MODEL_SERVER_OP_LIBRARIES (TF-DF) are loaded here too.
 
     python serving_contract.py EXPORT_DIR --requests REQ.tfrecord --out RESULT.json
         [--responses RESP.tfrecord] [--latency-runs N]
@@ -21,6 +23,7 @@ What it does, in TF Serving's order:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -62,7 +65,38 @@ def read_meta_graph(export_dir):
     raise ValueError(f"no MetaGraph tagged {SERVE_TAG!r}")
 
 
-def check_ops(meta_graph):
+# Op libraries that the stock tensorflow_model_server links besides core TensorFlow
+# (SUPPORTED_TENSORFLOW_OPS in tensorflow_serving/model_servers/BUILD): the TF-DF
+# inference ops, since TF Serving 2.11. A TF-DF model serves there, so it must pass
+# here: when the package is installed, its inference kernels are loaded from the
+# shared object (without importing the package, which would pull in Keras).
+# Only inference: TF-DF's training ops are not linked into the server.
+MODEL_SERVER_OP_LIBRARIES = (
+    ("tensorflow_decision_forests", ("tensorflow", "ops", "inference", "inference.so")),
+)
+
+
+def load_model_server_op_libraries():
+    """Loads the installed ones of MODEL_SERVER_OP_LIBRARIES; returns their packages."""
+    loaded = []
+    for package, relative in MODEL_SERVER_OP_LIBRARIES:
+        spec = importlib.util.find_spec(package)   # a top-level spec imports nothing
+        if spec is None or not spec.origin:
+            continue
+        path = os.path.join(os.path.dirname(spec.origin), *relative)
+        if not os.path.exists(path):
+            continue
+        try:
+            tf.load_op_library(path)
+        except (tf.errors.NotFoundError, OSError):
+            # Built for another TensorFlow: the ops stay unregistered, so a model that
+            # uses them fails the ops check below, and any other model is unaffected.
+            continue
+        loaded.append(package)
+    return loaded
+
+
+def check_ops(meta_graph, op_libraries=()):
     ops = {n.op for n in meta_graph.graph_def.node}
     for function in meta_graph.graph_def.library.function:
         ops.update(n.op for n in function.node_def)
@@ -71,7 +105,8 @@ def check_ops(meta_graph):
     if missing:
         return result("ops", False, "ops not registered in core TensorFlow (TF Serving "
                       "will fail to load the model): " + ", ".join(missing))
-    return result("ops", True, f"{len(ops)} op types, all in core TensorFlow")
+    return result("ops", True, f"{len(ops)} op types, all in core TensorFlow"
+                  + "".join(f" or {p}" for p in op_libraries))
 
 
 def check_signatures(meta_graph):
@@ -221,8 +256,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     results = []
+    op_libraries = load_model_server_op_libraries()
     meta_graph = read_meta_graph(args.export_dir)
-    ops = check_ops(meta_graph)
+    ops = check_ops(meta_graph, op_libraries)
     results.append(ops)
     results += check_signatures(meta_graph)
     warmup = check_warmup(args.export_dir)

@@ -135,11 +135,15 @@ class ModelSource:
 
     def infer_input_signature(self, where: str) -> List[Any]:
         """The model's own input signature (a list, one entry per positional argument)."""
+        if self.flavor == KERAS3:
+            self._refuse_uncalled_subclassed(where)
         try:
             if self.flavor == KERAS3:
                 from keras.src.export import export_utils
                 sig = export_utils.get_input_signature(self.obj)
-                return tf.nest.map_structure(_to_tensor_spec, sig)
+                names = self._input_layer_names()
+                return tf.nest.map_structure(
+                    lambda spec: _renamed(_to_tensor_spec(spec), names), sig)
             if self.flavor == TF_KERAS:
                 spec = self.obj._get_save_spec(dynamic_batch=True)  # pylint: disable=protected-access
                 if spec is None:
@@ -162,6 +166,69 @@ class ModelSource:
             raise ConfigError(
                 f"{where}.input_signature", f"cannot infer the inputs of {self.name!r} ({e})",
                 fix='give input_signature explicitly, e.g. ["float32[?,3]"]') from None
+
+    def _refuse_uncalled_subclassed(self, where: str) -> None:
+        """A subclassed Keras 3 model records its inputs only when called in this
+        process, so one loaded from a .keras file has none (stock `model.export()`
+        fails too: "The model provided has never called"). Say so in the user's
+        terms, with the shapes Keras did record at build time as the fix."""
+        import keras
+        from keras.src.models.functional import Functional
+        model = self.obj
+        if (not isinstance(model, keras.Model) or isinstance(model, (Functional, keras.Sequential))
+                or getattr(model, "_called", True)):
+            return
+        # Build shapes are recorded (and saved) per call argument; dtypes are not.
+        shapes = [s for s in (getattr(model, "_build_shapes_dict", None) or {}).values()
+                  if isinstance(s, (tuple, list)) and all(isinstance(d, (int, type(None)))
+                                                          for d in s)]
+        leaves = [f'"{model.input_dtype}[' + ",".join(["?"] + [
+            "?" if d is None else str(d) for d in shape[1:]]) + ']"' for shape in shapes]
+        raise ConfigError(
+            f"{where}.input_signature",
+            f"cannot infer the inputs of the subclassed model {self.name!r} ({self.origin}): "
+            "Keras records a subclassed model's inputs only when it is called in the same "
+            "process, and this one has not been (a model loaded from a .keras file has not "
+            "been called since loading; stock `model.export()` fails the same way: \"The "
+            "model provided has never called\")",
+            fix="give input_signature explicitly" + (
+                f", e.g. [{', '.join(leaves)}] from the shapes it was built with (Keras does "
+                "not record the dtypes: check them)" if leaves else ', e.g. ["float32[?,3]"]'))
+
+    def _input_layer_names(self) -> Dict[str, str]:
+        """Keras 3 names an unnamed Input's tensor `keras_tensor_N`; its InputLayer
+        carries the name the model shows (`input_layer`, or the one given)."""
+        names = {}
+        for tensor in tf.nest.flatten(getattr(self.obj, "inputs", None) or []):
+            history = getattr(tensor, "_keras_history", None)
+            layer = getattr(history, "operation", None)
+            if getattr(tensor, "name", None) and getattr(layer, "name", None):
+                names[tensor.name] = layer.name
+        return names
+
+    def output_names(self) -> Optional[List[str]]:
+        """The model's own names for its outputs, in flat order: the output layers'
+        names (what `model.output_names` and a tf_keras `model.save` signature use).
+        None when the model has no such names (subclassed, restored functions) or
+        already returns a dict, whose keys then name the outputs."""
+        if self.flavor not in (KERAS3, TF_KERAS):
+            return None
+        structure = getattr(self.obj, "_outputs_struct", None) if self.flavor == KERAS3 \
+            else getattr(self.obj, "_nested_outputs", None)
+        if isinstance(structure, dict):
+            return None
+        try:
+            outputs = tf.nest.flatten(getattr(self.obj, "outputs", None) or [])
+        except (AttributeError, ValueError):
+            return None
+        names = []
+        for tensor in outputs:
+            layer = getattr(getattr(tensor, "_keras_history", None), "operation", None) \
+                or getattr(getattr(tensor, "_keras_history", None), "layer", None)
+            names.append(getattr(layer, "name", None))
+        if not names or None in names or len(set(names)) != len(names):
+            return None
+        return names
 
     # ---- variables
 
@@ -201,6 +268,12 @@ class ModelSource:
 
 
 _EMPTY_CONFIG = ExportConfig.parse({"endpoints": [{"name": "serve"}]})
+
+
+def _renamed(spec: tf.TensorSpec, names: Dict[str, str]) -> tf.TensorSpec:
+    if spec.name in names and names[spec.name] != spec.name:
+        return tf.TensorSpec(spec.shape, spec.dtype, name=names[spec.name])
+    return spec
 
 
 def _to_tensor_spec(spec: Any) -> tf.TensorSpec:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import tensorflow as tf
 from absl import logging
 
-from export_archive import archive, describe, endpoints
+from export_archive import archive, contract, describe, endpoints
 from export_archive.config import ExportConfig
 from export_archive.sources import ModelSource
 
@@ -44,6 +44,9 @@ class ExportResult:
     checks: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     # None: no check ran; False only in check mode "warn" (fail mode raises).
     check_passed: Optional[bool] = None
+    # The contract guard's verdict (`contract.ContractDiff.to_json()`), or
+    # `contract.not_compared()` when no baseline was given.
+    contract: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def endpoint_names(self) -> List[str]:
@@ -63,13 +66,18 @@ class BuiltArchive:
     archive: Any
     variable_collections: Dict[str, int]
     endpoint_names: List[str]
+    # endpoint name -> its signature function, where the signature's outputs carry
+    # the model's own names (endpoints.named_signature); the others save as they are.
+    signature_functions: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def traced_endpoint(self, name: str):
-        """The endpoint as the server runs it: the traced graph (a ConcreteFunction)
-        over the in-memory model's variables. The parity checks call this, never the
-        eager Python function: eager execution would run ops that TF prunes from the
-        served graph (e.g. a cast of an input no output depends on), and so could
-        fail, or differ, where the server does not."""
+        """The endpoint's signature as the server runs it: the traced graph (a
+        ConcreteFunction) over the in-memory model's variables. The parity checks
+        call this, never the eager Python function: eager execution would run ops
+        that TF prunes from the served graph (e.g. a cast of an input no output
+        depends on), and so could fail, or differ, where the server does not."""
+        if name in self.signature_functions:
+            return self.signature_functions[name]
         traced = self.archive.concrete_endpoint(name)
         return (traced.get_concrete_function()
                 if hasattr(traced, "get_concrete_function") else traced)
@@ -82,10 +90,17 @@ def build_archive(source: ModelSource, config: ExportConfig,
     export_archive = archive.archive_class(source.flavor)()
     for trackable in source.trackables():
         export_archive.track(trackable)
+    signature_functions = {}
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
         fn, signature = endpoints.build(endpoint, source, where, example_builder)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
+        names = endpoints.default_output_names(endpoint, source)
+        if names is not None:
+            traced = export_archive.concrete_endpoint(endpoint.name)
+            concrete = (traced.get_concrete_function()
+                        if hasattr(traced, "get_concrete_function") else traced)
+            signature_functions[endpoint.name] = endpoints.named_signature(concrete, names)
     for name, trackable in getattr(example_builder, "trackables", {}).items():
         export_archive.attach(name, trackable)
     collections = {}
@@ -93,12 +108,13 @@ def build_archive(source: ModelSource, config: ExportConfig,
         variables = source.variables_for(collection, f"variable_collections[{i}]")
         export_archive.add_variable_collection(collection.name, variables)
         collections[collection.name] = len(variables)
-    return BuiltArchive(export_archive, collections, [e.name for e in config.endpoints])
+    return BuiltArchive(export_archive, collections, [e.name for e in config.endpoints],
+                        signature_functions)
 
 
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
            overwrite: bool = False, example_builder: Optional[Callable] = None,
-           check: Optional[bool] = None) -> ExportResult:
+           check: Optional[bool] = None, baseline: Optional[str] = None) -> ExportResult:
     """Exports `model` as a SavedModel with the endpoints `config` describes.
 
     Args:
@@ -111,6 +127,11 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
       check: run the serving check (TF Serving's contract, parity with the model,
         warmup file) before the export becomes visible. None: run it when the
         config has a ``check`` section (``"enabled": false`` turns it off).
+      baseline: the SavedModel (or TFX Model artifact) clients are served today.
+        The new serving contract is compared with it (`export_archive.contract`);
+        a breaking change not in ``contract.allow`` raises `contract.BreakingChange`
+        before anything is published (``contract.on_breaking: fail``, the
+        default) or is reported in the result (``warn``).
 
     The SavedModel is written to a sibling temporary directory and renamed into
     place, so a failed or killed export never leaves a half-written model at
@@ -119,6 +140,8 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     config = ExportConfig.parse(config)
     output_dir = os.fspath(output_dir)
     _refuse_existing(output_dir, overwrite)
+    if baseline is not None:
+        baseline = _baseline_dir(os.fspath(baseline))
     source = ModelSource.wrap(model, config)
     built = build_archive(source, config, example_builder)
     options = tf.saved_model.SaveOptions(**config.save_options_dict)
@@ -126,11 +149,23 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     method_names = dict(getattr(example_builder, "method_names", {}))
     options_check = config.check_dict
     run_check = options_check.get("enabled", bool(options_check)) if check is None else check
-    reports = []
+    reports, diffs = [], []
+    options_contract = config.contract_dict
 
     def write(path):
-        built.archive.write_out(path, options=options, serving_default=serving_default,
-                                method_names=method_names)
+        # verbose=False: the archive's stdout summary would interleave with the
+        # CLI's output; the endpoints are logged below and listed in the result.
+        built.archive.write_out(path, options=options, verbose=False,
+                                serving_default=serving_default, method_names=method_names,
+                                signature_functions=built.signature_functions)
+        if baseline is not None:
+            # On the staging directory, like the check below: a break in mode "fail"
+            # raises before the rename, so the old model stays the served one. First,
+            # since a break needs no serving check to be refused.
+            diff = contract.compare(baseline, path, allow=options_contract.get("allow", ()))
+            diffs.append(diff)
+            if diff.breaking and options_contract.get("on_breaking", "fail") == "fail":
+                raise contract.BreakingChange(diff)
         if run_check:
             # On the staging directory: a failing export (mode "fail") is never renamed
             # into place, so nothing half-checked can be pushed.
@@ -149,7 +184,23 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
         if not reports[0].passed:
             logging.warning("Serving check failed (mode warn), exported anyway:\n%s",
                             reports[0].format_failures())
+    result.contract = diffs[0].to_json() if diffs else contract.not_compared()
+    if diffs and diffs[0].breaking:
+        logging.warning("Breaking contract change (on_breaking warn), exported anyway:\n%s",
+                        diffs[0].format())
     return result
+
+
+def _baseline_dir(path: str) -> str:
+    """A SavedModel directory, or a TFX Model artifact (its Format-Serving/)."""
+    from export_archive.sources import resolve_model_path
+    resolved = resolve_model_path(path)
+    if not tf.io.gfile.exists(os.path.join(resolved, "saved_model.pb")):
+        raise FileNotFoundError(
+            f"baseline {path} is not a SavedModel: {resolved}/saved_model.pb does not exist. "
+            "Give the served model's directory (e.g. a Pusher version directory) or a TFX "
+            "Model artifact directory.")
+    return resolved
 
 
 def _serving_check(path, built: BuiltArchive, config, example_builder):

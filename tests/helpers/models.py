@@ -31,6 +31,9 @@ def sample(batch, dim=IN_DIM, seed=0):
     return np.random.default_rng(seed).normal(size=(batch, dim)).astype("float32")
 
 
+OUTPUT_NAME = "prediction"
+
+
 def single_input(flavor, style, dropout=False):
     """A one-input model, `style` in sequential / functional / subclassed."""
     keras = keras_module(flavor)
@@ -38,7 +41,8 @@ def single_input(flavor, style, dropout=False):
     body = [layers.Dense(8, activation="relu"), layers.BatchNormalization()]
     if dropout:
         body.append(layers.Dropout(0.5))
-    body.append(layers.Dense(OUT_DIM))
+    # Named: a functional / Sequential model's signature outputs take this name.
+    body.append(layers.Dense(OUT_DIM, name=OUTPUT_NAME))
     if style == "sequential":
         model = keras.Sequential([keras.Input((IN_DIM,))] + body)
     elif style == "functional":

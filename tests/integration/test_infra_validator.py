@@ -30,6 +30,7 @@ from export_archive.components.infra_validator import spec  # noqa: E402
 from helpers import fake_tf_serving  # noqa: E402
 from helpers import infra_fixtures as ifx  # noqa: E402
 from helpers import tfx_fixtures as fx  # noqa: E402
+from helpers.outputs import single
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,7 @@ def test_test_double_speaks_tf_serving_grpc(exported, tmp_path, fake_on_path):
                                                              fx.SCALAR_FEATURES)))
         predict = next(r for r in requests if isinstance(r, predict_pb2.PredictRequest))
         predict.inputs["examples"].CopyFrom(tf.make_tensor_proto(fx.serialize(exported["rows"])))
-        got = tf.make_ndarray(stub.Predict(predict).outputs["output_0"])
+        got = tf.make_ndarray(single(stub.Predict(predict).outputs))
         np.testing.assert_allclose(got, want, atol=1e-5)
         classify = next(r for r in requests if type(r).__name__ == "ClassificationRequest")
         scores = [c.classes[0].score for c in stub.Classify(classify).result.classifications]

@@ -14,6 +14,7 @@ from export_archive.config import ConfigError
 from export_archive.sources import KERAS3, SAVED_MODEL, TF_KERAS, SourceError
 from helpers import models
 from helpers.models import sample
+from helpers.outputs import single
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def test_plain_saved_model_call_and_signature(tmp_path):
     revived = roundtrip(tmp_path / "out", lambda x: module(x).numpy())
     x = sample(4)
     out = revived.by_signature({"x": tf.constant(x)})
-    np.testing.assert_allclose(out["output_0"], module(x), atol=1e-6)
+    np.testing.assert_allclose(single(out), module(x), atol=1e-6)
 
 
 def test_plain_saved_model_refuses_training(tmp_path):

@@ -22,6 +22,7 @@ from export_archive.config import ConfigError
 from export_archive.describe import describe
 from export_archive.examples import ExampleEndpointBuilder
 from helpers import tfx_fixtures as fx
+from helpers.outputs import single
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,7 @@ def test_schema_endpoint_matches_model(tmp_path, mixed_schema):
         rows = fx.mixed_rows(batch, seed=batch, with_label=with_label)
         want = np.asarray(model(fx.columns(rows, fx.MIXED_FEATURES)))
         got = revived.signatures["serving_default"](examples=examples_tensor(rows))
-        np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+        np.testing.assert_allclose(single(got), want, atol=1e-5)
         np.testing.assert_allclose(
             revived.serve_features(fx.columns(rows, fx.MIXED_FEATURES)), want, atol=1e-5)
 
@@ -115,7 +116,7 @@ def test_features_adapted_to_input_ranks(tmp_path, mixed_schema):
                   "c": fx.columns(rows, ["c"])["c"],
                   "n": np.array([r["n"][0] for r in rows], "int32")})
     got = revived.signatures["serving_default"](examples=examples_tensor(rows))
-    np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+    np.testing.assert_allclose(single(got), want, atol=1e-5)
 
 
 def test_optional_feature_absent_from_the_whole_request(tmp_path, mixed_schema):
@@ -145,7 +146,7 @@ def test_optional_feature_absent_from_the_whole_request(tmp_path, mixed_schema):
         for kind, keras_model, a_in in (("vec", model, a.reshape(-1, 1)),
                                         ("scalar", scalar_model_, a)):
             got = revived[kind].signatures["serve"](examples=examples_tensor(rows))
-            np.testing.assert_allclose(got["output_0"], keras_model({"a": a_in, "b": bcol}),
+            np.testing.assert_allclose(single(got), keras_model({"a": a_in, "b": bcol}),
                                        atol=1e-5, err_msg=f"{kind} batch={batch}")
 
 
@@ -159,7 +160,7 @@ def test_schema_file_path_is_accepted(tmp_path, scalar_schema):
     revived = tf.saved_model.load(str(tmp_path / "out"))   # held: functions use its variables
     got = revived.signatures["serve"](
         examples=examples_tensor(rows))
-    np.testing.assert_allclose(got["output_0"], model(fx.columns(rows, fx.SCALAR_FEATURES)),
+    np.testing.assert_allclose(single(got), model(fx.columns(rows, fx.SCALAR_FEATURES)),
                                atol=1e-5)
 
 
@@ -177,7 +178,7 @@ def test_tf_keras_functional_with_named_inputs(tmp_path, scalar_schema):
         cols = fx.columns(rows, fx.SCALAR_FEATURES)
         want = model([cols[n] for n in fx.SCALAR_FEATURES], training=False)
         got = revived.signatures["serving_default"](examples=examples_tensor(rows))
-        np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+        np.testing.assert_allclose(single(got), want, atol=1e-5)
 
 
 def test_tf_saved_model_of_tf_keras_with_rank2_inputs(tmp_path, scalar_schema):
@@ -197,7 +198,7 @@ def test_tf_saved_model_of_tf_keras_with_rank2_inputs(tmp_path, scalar_schema):
         cols = fx.columns(rows, fx.SCALAR_FEATURES)
         want = model([cols[n] for n in fx.SCALAR_FEATURES], training=False)
         got = revived.signatures["serving_default"](examples=examples_tensor(rows))
-        np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+        np.testing.assert_allclose(single(got), want, atol=1e-5)
 
 
 # ---- Transform graph
@@ -232,7 +233,7 @@ def test_transform_endpoint_matches_layer_then_model(tmp_path, transform_graph):
         rows = fx.transform_rows(batch, seed=batch, with_label=batch == 5)
         want = fx.expected_with_transform(str(transform_graph), model, rows)
         got = revived.signatures["serving_default"](examples=examples_tensor(rows))
-        np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+        np.testing.assert_allclose(single(got), want, atol=1e-5)
         scores = revived.signatures["classify"](inputs=examples_tensor(rows))
         np.testing.assert_allclose(scores["scores"], want, atol=1e-5)
 
@@ -242,7 +243,7 @@ import json, sys
 import tensorflow as tf
 revived = tf.saved_model.load(sys.argv[1])
 examples = tf.constant([bytes.fromhex(h) for h in json.loads(sys.argv[2])])
-out = revived.signatures["serving_default"](examples=examples)["output_0"]
+(out,) = revived.signatures["serving_default"](examples=examples).values()
 print("RESULT=" + json.dumps(out.numpy().tolist()))
 """
 
@@ -260,7 +261,7 @@ def test_transform_export_survives_deleting_the_transform_graph(tmp_path, transf
 
     revived = tf.saved_model.load(str(tmp_path / "out"))
     got = revived.signatures["serving_default"](examples=examples_tensor(rows))
-    np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+    np.testing.assert_allclose(single(got), want, atol=1e-5)
 
     # A fresh process has no cached table or Transform state: only the export's files.
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -443,7 +444,7 @@ def test_cli_schema_transform_and_examples(tmp_path, transform_graph, capsys):
     assert code == 0, out
     assert "serving check: passed" in out
     revived = tf.saved_model.load(str(tmp_path / "out"))
-    got = revived.signatures["serving_default"](examples=examples_tensor(rows))["output_0"]
+    got = single(revived.signatures["serving_default"](examples=examples_tensor(rows)))
     np.testing.assert_allclose(got, fx.expected_with_transform(transform_graph, model, rows),
                                atol=1e-5)
     # The warmup requests are the real records the check ran on.
@@ -467,7 +468,7 @@ def test_cli_schema_input(tmp_path, mixed_schema, capsys):
     assert code == 0, capsys.readouterr().err
     rows = fx.mixed_rows(3, seed=9)
     revived = tf.saved_model.load(str(tmp_path / "out"))
-    got = revived.signatures["serving_default"](examples=examples_tensor(rows))["output_0"]
+    got = single(revived.signatures["serving_default"](examples=examples_tensor(rows)))
     np.testing.assert_allclose(got, model(fx.columns(rows, fx.MIXED_FEATURES)), atol=1e-5)
     # `check` without records sends empty tf.Examples, which the parser (required
     # features) rejects; with --examples it sends real ones and passes.
@@ -477,7 +478,7 @@ def test_cli_schema_input(tmp_path, mixed_schema, capsys):
         for serialized in fx.serialize(rows):
             writer.write(serialized)
     capsys.readouterr()
-    assert cli.main(["check", str(tmp_path / "out")]) == 1
+    assert cli.main(["check", str(tmp_path / "out")]) == cli.EXIT_CHECK_FAILED
     assert "FAIL run" in capsys.readouterr().out
     assert cli.main(["check", str(tmp_path / "out"), "--examples", str(records)]) == 0
     assert "serving check passed" in capsys.readouterr().out

@@ -23,49 +23,13 @@ from export_archive.describe import describe  # noqa: E402
 from export_archive.sources import SourceError  # noqa: E402
 from helpers import models  # noqa: E402
 from helpers import tfx_fixtures as fx  # noqa: E402
+from helpers.tfx_run import Run  # noqa: E402
 from helpers.models import sample  # noqa: E402
+from helpers.outputs import single
 
 pytestmark = pytest.mark.integration
 
 SERVE = {"endpoints": [{"name": "serve"}]}
-
-
-def artifact(cls, uri):
-    a = cls()
-    a.uri = str(uri)
-    os.makedirs(a.uri, exist_ok=True)   # the launcher creates output dirs before Do()
-    return a
-
-
-class Run:
-    """One executor run: trainer artifact in, exported model and report out."""
-
-    def __init__(self, tmp_path):
-        self.tmp_path = tmp_path
-        self.trained = artifact(standard_artifacts.Model, tmp_path / "Trainer" / "model" / "1")
-        self.model = artifact(standard_artifacts.Model, tmp_path / "ModelExporter" / "model" / "2")
-        self.report = artifact(spec.ExportReport, tmp_path / "ModelExporter" / "report" / "2")
-        self.extra_inputs = {}
-
-    @property
-    def trainer_serving_dir(self):
-        return os.path.join(self.trained.uri, "Format-Serving")
-
-    @property
-    def serving_dir(self):
-        return os.path.join(self.model.uri, "Format-Serving")
-
-    def do(self, config, module_file=None, module_path=None, executor=None):
-        input_dict = {spec.TRAINED_MODEL_KEY: [self.trained], **self.extra_inputs}
-        output_dict = {spec.MODEL_KEY: [self.model], spec.REPORT_KEY: [self.report]}
-        exec_properties = {spec.EXPORT_CONFIG_KEY: json.dumps(config),
-                           spec.MODULE_FILE_KEY: module_file,
-                           spec.MODULE_PATH_KEY: module_path}
-        (executor or Executor()).Do(input_dict, output_dict, exec_properties)
-
-    def add_input(self, key, cls, uri):
-        self.extra_inputs[key] = [artifact(cls, uri)]
-        return self.extra_inputs[key][0].uri
 
 
 def save_trainer_style(layout, serving_dir):
@@ -124,8 +88,8 @@ def test_trainer_layouts(tmp_path, layout):
     for batch in (5, 2):
         x = sample(batch, seed=batch)
         np.testing.assert_allclose(revived.serve(x), model(x, training=False), atol=1e-5)
-        np.testing.assert_allclose(revived.signatures["serving_default"](
-            tf.constant(x))["output_0"], model(x, training=False), atol=1e-5)
+        np.testing.assert_allclose(single(revived.signatures["serving_default"](
+            tf.constant(x))), model(x, training=False), atol=1e-5)
         np.testing.assert_allclose(revived.serve_keyed(x)["y"], model(x, training=False),
                                    atol=1e-5)
 
@@ -260,7 +224,7 @@ def test_schema_input_enables_tf_example_endpoint(tmp_path):
         cols = fx.columns(rows, fx.SCALAR_FEATURES)
         want = model([cols[n] for n in fx.SCALAR_FEATURES], training=False)
         got = revived.signatures["serving_default"](examples=tf.constant(fx.serialize(rows)))
-        np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+        np.testing.assert_allclose(single(got), want, atol=1e-5)
 
 
 def test_transform_graph_input(tmp_path):
@@ -280,7 +244,7 @@ def test_transform_graph_input(tmp_path):
     revived = tf.saved_model.load(run.serving_dir)
     got = revived.signatures["serving_default"](
         examples=tf.constant(fx.serialize(rows)))
-    np.testing.assert_allclose(got["output_0"], want, atol=1e-5)
+    np.testing.assert_allclose(single(got), want, atol=1e-5)
 
 
 def test_tf_example_without_schema_input_fails(tmp_path):

@@ -22,6 +22,7 @@ from export_archive import describe, examples
 from export_archive.config import ConfigError
 from export_archive.examples import ExampleEndpointBuilder
 from helpers import tfx_fixtures as fx
+from helpers.outputs import single
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +145,7 @@ def test_unread_string_input_serves_like_the_hand_written_signature(
         ours, theirs = [], []
         for start in range(0, SPLIT_SIZE, batch):
             chunk = tf.constant(records[start:start + batch])
-            ours.append(served(examples=chunk)["output_0"].numpy())
+            ours.append(single(served(examples=chunk)).numpy())
             theirs.append(hand_written(chunk).numpy())
         np.testing.assert_allclose(np.concatenate(ours), np.concatenate(theirs),
                                    rtol=1e-5, atol=1e-5)

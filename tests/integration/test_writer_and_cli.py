@@ -35,7 +35,9 @@ def test_result_lists_endpoints_and_specs(model, tmp_path):
     result = export_archive.export(model, cfg, tmp_path / "m")
     assert result.endpoint_names == ["serve", "train"]
     assert result.endpoints[0].method_name == "tensorflow/serving/predict"
-    assert result.endpoints[0].outputs == {"output_0": "float32[?,2]"}
+    # Inputs and outputs keyed by the model's own names (its Input, its output layer).
+    assert result.endpoints[0].inputs == {"features": "float32[?,3]"}
+    assert result.endpoints[0].outputs == {models.OUTPUT_NAME: "float32[?,2]"}
     assert result.endpoints[1].training is True
     assert result.size_bytes == sum(
         os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "m") for f in fs)
@@ -150,10 +152,13 @@ def test_cli_export_and_describe(model, tmp_path, capsys):
     described = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in described] == ["call_training", "serve", "serving_default"]
     assert described[1]["inputs"] == {"features": "float32[?,3]"}
-    assert described[1]["outputs"] == {"output_0": "float32[?,2]"}
+    assert described[1]["outputs"] == {models.OUTPUT_NAME: "float32[?,2]"}
+    assert described[2]["serving_default_of"] == "serve"
 
     assert cli.main(["describe", str(out)]) == 0
-    assert "signature 'serve' (tensorflow/serving/predict)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "signature 'serve' (tensorflow/serving/predict)" in text
+    assert "signature 'serving_default' (tensorflow/serving/predict) = 'serve'" in text
 
 
 def test_cli_accepts_tfx_model_artifact_dir(model, tmp_path, capsys):

@@ -71,6 +71,13 @@ EVERYTHING = {
          "exclude_features": ["label", "weight"], "method": "classify"},
         {"name": "regress_examples", "kind": "tf_example", "method": "regress",
          "output_keys": ["value"]},
+        {"name": "raw", "kind": "raw_features", "transform": True,
+         "exclude_features": ["label"]},
+        {"name": "renamed", "input_keys": ["pixels"], "output_keys": ["logits"]},
+        {"name": "classify_labels", "kind": "tf_example", "method": "classify",
+         "classes": ["cat", "dog"], "score_activation": "sigmoid"},
+        {"name": "classify_vocab", "kind": "tf_example", "method": "classify",
+         "classes": {"vocabulary": "species_vocab"}, "score_activation": "softmax"},
     ],
     "serving_default": "classify_examples",
     "variable_collections": [
@@ -92,6 +99,8 @@ EVERYTHING = {
     "import_modules": ["my_pkg.layers", "other"],
     "allow_unsafe_deserialization": True,
     "check": {"enabled": True, "mode": "warn", "rtol": 1e-4, "atol": 0, "warmup": True},
+    "contract": {"on_breaking": "warn",
+                 "allow": ["input_renamed:serve/inputs/x", "*:serve_features/*"]},
 }
 
 VALID_CONFIGS = {
@@ -174,6 +183,7 @@ def test_parsed_values():
     assert [c.layer_name for c in config.variable_collections] == [None] * 4 + ["dense_1"]
     assert config.save_options_dict["namespace_whitelist"] == ["Addons", "Text"]
     assert config.check_dict == EVERYTHING["check"]
+    assert config.contract_dict == EVERYTHING["contract"]
     assert config.import_modules == ("my_pkg.layers", "other")
     assert config.allow_unsafe_deserialization is True
     with pytest.raises(KeyError):
@@ -316,11 +326,33 @@ BAD_CONFIGS = [
     ("training_with_factory", ep(fn="m:f", training=True),
      "endpoints[0].training", "training applies only"),
     ("signature_on_tf_example", ep(kind="tf_example", input_signature=["string[?]"]),
-     "endpoints[0].input_signature", "a tf_example endpoint has a fixed input"),
+     "endpoints[0].input_signature", "a tf_example endpoint's inputs come from"),
+    ("signature_on_raw_features", ep(kind="raw_features", input_signature=["float32[?]"]),
+     "endpoints[0].input_signature", "a raw_features endpoint's inputs come from"),
     ("transform_on_features", ep(transform=True),
-     "endpoints[0].transform", "`transform` applies only to tf_example endpoints"),
+     "endpoints[0].transform", "`transform` applies only to tf_example and raw_features"),
     ("exclude_on_features", ep(exclude_features=["label"]),
-     "endpoints[0].exclude_features", "applies only to tf_example endpoints"),
+     "endpoints[0].exclude_features", "applies only to tf_example and raw_features"),
+    ("method_on_raw_features", ep(kind="raw_features", method="classify"),
+     "endpoints[0].method", "TF Serving's Classify and Regress APIs take tf.Examples"),
+    ("classes_without_classify", ep(kind="tf_example", classes=["a", "b"]),
+     "endpoints[0].classes", "applies only to classify endpoints"),
+    ("classes_duplicate", ep(kind="tf_example", method="classify", classes=["a", "a"]),
+     "endpoints[0].classes", "must list distinct class labels"),
+    ("classes_vocabulary_typo", ep(kind="tf_example", method="classify",
+                                   classes={"vocab": "species"}),
+     "endpoints[0].classes.vocab", "unknown field in classes"),
+    ("score_activation_unknown", ep(kind="tf_example", method="classify",
+                                    score_activation="relu"),
+     "endpoints[0].score_activation", "unknown score activation"),
+    ("score_activation_on_predict", ep(kind="tf_example", score_activation="softmax"),
+     "endpoints[0].score_activation", "applies only to classify endpoints"),
+    ("input_keys_on_tf_example", ep(kind="tf_example", input_keys=["x"]),
+     "endpoints[0].input_keys", "input names are fixed"),
+    ("input_keys_duplicate", ep(input_keys=["x", "x"]),
+     "endpoints[0].input_keys", "must list distinct names"),
+    ("input_keys_bad_name", ep(input_keys=["my input"]),
+     "endpoints[0].input_keys[0]", "not a valid input name"),
     ("method_on_features", ep(method="classify"),
      "endpoints[0].method", "applies only to tf_example endpoints"),
     ("unknown_method", ep(kind="tf_example", method="predictt"),
@@ -426,6 +458,21 @@ BAD_CONFIGS = [
     ("check_unknown_option", with_top(check={"tolerance": 0.1}), "check.tolerance",
      "unknown check option"),
     ("check_not_object", with_top(check=True), "check", "must be an object, not boolean"),
+    # contract guard options
+    ("contract_bad_on_breaking", with_top(contract={"on_breaking": "ignore"}),
+     "contract.on_breaking", "unknown on_breaking value"),
+    ("contract_unknown_option", with_top(contract={"mode": "fail"}), "contract.mode",
+     "unknown field in the contract section"),
+    ("contract_allow_not_list", with_top(contract={"allow": "input_renamed:a/inputs/x"}),
+     "contract.allow", "must be an array"),
+    ("contract_allow_not_string", with_top(contract={"allow": [1]}), "contract.allow[0]",
+     "must be a string"),
+    ("contract_allow_no_kind", with_top(contract={"allow": ["a", "serve/inputs/x"]}),
+     "contract.allow[0]", "named KIND:PATH"),
+    ("contract_allow_unknown_kind", with_top(contract={"allow": ["input_gone:serve/x"]}),
+     "contract.allow[0]", "unknown change kind 'input_gone'"),
+    ("contract_allow_compatible_kind", with_top(contract={"allow": ["output_added:serve"]}),
+     "contract.allow[0]", "is a compatible change"),
     # files
     ("missing_file", "/nonexistent/dir/export_config.json", "<file>",
      "cannot read config file"),
@@ -596,3 +643,30 @@ def test_unknown_empty_field_name_has_a_path():
         ExportConfig.parse({"endpoints": [{"name": "serve"}], "": 1})
     assert excinfo.value.path
     assert "``" not in str(excinfo.value)
+
+
+def test_contract_kinds_agree_with_the_schema_and_import_no_tensorflow():
+    """The allow-list kinds come from `export_archive.contract`, which the parser
+    imports without TensorFlow; the JSON Schema's pattern lists the same kinds."""
+    from export_archive import contract
+    schema_path = (pathlib.Path(__file__).resolve().parents[2] / "src" / "export_archive"
+                   / "schema" / "export_config.schema.json")
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    pattern = schema["properties"]["contract"]["properties"]["allow"]["items"]["pattern"]
+    kinds = re.match(r"\^\((.*)\|\[\^", pattern).group(1).split("|")
+    assert kinds == list(contract.BREAKING_KINDS)
+    assert not set(contract.BREAKING_KINDS) & set(contract.COMPATIBLE_KINDS)
+    code = ("import sys; from export_archive import contract; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_contract_examples_in_the_docs_parse():
+    root = pathlib.Path(__file__).resolve().parents[2] / "docs"
+    text = (root / "config.md").read_text(encoding="utf-8")
+    section = text.split("## `contract`")[1].split("\n## ")[0]
+    [block] = re.findall(r"```\n(\{.*?)```", section, re.S)
+    assert ExportConfig.parse(block).contract_dict["allow"] == ["input_renamed:serve/inputs/x"]
+    [block] = re.findall(r"```json\n(.*?)```", (root / "contract.md").read_text(encoding="utf-8"),
+                         re.S)
+    assert ExportConfig.parse(block).contract_dict["on_breaking"] == "fail"

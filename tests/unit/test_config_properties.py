@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from export_archive.config import (
-    CHECK_MODES, DTYPES, KINDS, METHODS, RESERVED_NAMES, VARIABLE_POLICIES,
+    CHECK_MODES, DTYPES, KINDS, METHODS, RESERVED_NAMES, SCORE_ACTIVATIONS, VARIABLE_POLICIES,
     VARIABLE_SOURCES, ConfigError, EndpointConfig, ExportConfig, SpecLeaf)
 
 pytestmark = pytest.mark.unit
@@ -165,17 +165,27 @@ def endpoints(draw, name):
         out["fn"] = fn
     if fn in (None, "call") and draw(st.booleans()):
         out["training"] = draw(st.booleans())
-    if kind != "tf_example" and draw(st.booleans()):
+    if kind not in ("tf_example", "raw_features") and draw(st.booleans()):
         out["input_signature"] = draw(st.lists(structures, min_size=1, max_size=3))
     if draw(st.booleans()):
         out["output_keys"] = draw(unique_keys)
-    if kind == "tf_example":
+    if kind in (None, "features") and draw(st.booleans()):
+        out["input_keys"] = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    if kind in ("tf_example", "raw_features"):
         if draw(st.booleans()):
             out["transform"] = draw(st.booleans())
         if draw(st.booleans()):
             out["exclude_features"] = draw(st.lists(st.text(min_size=1, max_size=8), max_size=3))
-        if draw(st.booleans()):
-            out["method"] = draw(st.sampled_from(METHODS))
+    if kind == "tf_example" and draw(st.booleans()):
+        out["method"] = draw(st.sampled_from(METHODS))
+        if out["method"] == "classify":
+            if draw(st.booleans()):
+                out["classes"] = draw(st.one_of(
+                    st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=4,
+                             unique=True),
+                    names.map(lambda n: {"vocabulary": n})))
+            if draw(st.booleans()):
+                out["score_activation"] = draw(st.sampled_from(SCORE_ACTIVATIONS))
     return out
 
 

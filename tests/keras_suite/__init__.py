@@ -1,0 +1,1 @@
+"""Runs an ExportArchive test suite shipped in a Keras wheel against our archive subclass."""

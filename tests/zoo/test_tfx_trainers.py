@@ -1,0 +1,106 @@
+"""The zoo of TFX's own example Trainer modules, through real Transform, Trainer and
+ModelExporter.
+
+Every Keras Trainer module in the installed tfx wheel's examples (taxi_* held
+back) runs its own `preprocessing_fn` and `run_fn` in a small pipeline; the
+model the Trainer wrote is exported by ModelExporter (serving check and
+whole-split parity on, as by default) and by the CLI, with one `kind:
+tf_example` + `transform` endpoint, and both must serve what the Trainer's own
+hand-written `serving_default` serves, record for record, over the whole eval
+split at two batch sizes.
+
+The modules run in one subprocess (tfx_trainer_runner.py): they need Keras 2,
+and this process keeps Keras 3. A module that cannot run here is skipped with
+the checked reason, which is also recorded as its zoo row.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zoo import tfx_trainers
+from zoo.rows import record_row
+from zoo.tfx_trainers import MODULES, TOLERANCE
+
+pytestmark = pytest.mark.integration
+
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER_TIMEOUT = 1800
+
+
+def test_the_table_lists_every_keras_trainer_module_of_the_wheel():
+    """A TFX upgrade that adds or removes a Keras Trainer module must show up here."""
+    assert sorted(m.path for m in MODULES) == tfx_trainers.discover_keras_trainer_modules()
+
+
+@pytest.fixture(scope="module")
+def reasons():
+    return {m.id: tfx_trainers.not_runnable_reason(m) for m in MODULES}
+
+
+@pytest.fixture(scope="module")
+def runner_results(reasons, tmp_path_factory):
+    """Runs every runnable module in one Keras 2 subprocess; {module id: result}."""
+    runnable = [m.id for m in MODULES if reasons[m.id] is None]
+    root = tmp_path_factory.mktemp("tfx_trainers")
+    out = root / "results.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [TESTS_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.tfx_trainer_runner", "--root", str(root),
+         "--out", str(out), *runnable],
+        env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT)
+    assert proc.returncode == 0 and out.exists(), proc.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+def _row(module, **fields):
+    record_row(group="tfx_trainer", model=module.id, endpoints=["serving_default"],
+               reference="Trainer serving_default", **fields)
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.id)
+def test_export_serves_what_the_trainer_serves(module, reasons, request):
+    reason = reasons[module.id]
+    if reason is not None:
+        _row(module, max_abs_diff=None, records=0, size_ratio=None,
+             check="not run: module not runnable here", seconds=None,
+             status="not runnable here", note=reason)
+        pytest.skip(f"{module.path}: {reason}")
+
+    result = request.getfixturevalue("runner_results")[module.id]
+    assert result["status"] == "ran", f"{module.path}: {result['error']}\n{result['traceback']}"
+
+    diffs = result["diffs"]
+    sizes = result["sizes"]
+    assert result["records"] > 0
+    assert result["output_spread"] > 0, "the Trainer's outputs are the same for every record"
+    for name, diff in diffs.items():
+        assert diff <= TOLERANCE, f"{module.id}: {name} max abs diff {diff} > {TOLERANCE}"
+    # The check ModelExporter runs by default: TF Serving's contract in a
+    # TensorFlow-only process, then parity over the whole eval split.
+    assert result["serving_check"] == "passed", result["serving_check"]
+    parity = [c for c in result["report_checks"] if c["check"] == "parity_split"]
+    assert parity and all(c["passed"] for c in parity), parity
+    assert f"{result['records']} records" in parity[0]["detail"], parity
+    assert result["exported_endpoints"] == ["serving_default"]
+    assert result["ours_signatures"] == ["serving_default"]
+    assert result["cli_endpoints"] == ["serving_default"]
+    # The Trainer's SavedModel holds the same model and Transform graph plus what
+    # serving never reads (optimizer slots, Keras metadata, its extra signatures).
+    assert sizes["ours"] <= sizes["trainer"], sizes
+    assert sizes["cli"] == pytest.approx(sizes["ours"], rel=0.05), sizes
+
+    seconds = result["seconds"]
+    cli_vs_exporter = max(v for k, v in diffs.items() if "cli_vs_exporter" in k)
+    _row(module, max_abs_diff=max(v for k, v in diffs.items() if "_vs_trainer" in k),
+         records=result["records"], size_ratio=round(sizes["ours"] / sizes["trainer"], 3),
+         check=result["serving_check"], seconds=round(seconds["exporter"] + seconds["cli"], 1),
+         status="pass",
+         note=(f"ModelExporter and CLI, batch sizes: whole split and "
+               f"{max(tfx_trainers.BATCH_SIZES)}; CLI vs ModelExporter {cli_vs_exporter:.2g}; "
+               f"vs in-memory model {diffs['ours_vs_in_memory']:.2g}; ModelExporter run "
+               f"{seconds['exporter']:.0f} s, CLI export {seconds['cli']:.0f} s"))
