@@ -3,10 +3,10 @@
 Run as a *script* in its own process (`python serving_contract.py ...`), never
 imported by the exporter: it imports nothing but the standard library,
 TensorFlow and the TF Serving API protos, so an op that only a Python package
-registers (tensorflow_text, a custom layer library) is missing here exactly as
-it is missing in `tensorflow_model_server`. But the server links some op
-libraries itself (SUPPORTED_TENSORFLOW_OPS in its BUILD: TF Text, TF-DF
-inference); those in MODEL_SERVER_OP_LIBRARIES (TF-DF) are loaded here too.
+registers (a custom op library, a layer package's kernels) is missing here
+exactly as it is missing in `tensorflow_model_server`. But the server links some
+op libraries itself (SUPPORTED_TENSORFLOW_OPS in its BUILD: TF Text, TF-DF
+inference); those, in MODEL_SERVER_OP_LIBRARIES, are loaded here too.
 
     python serving_contract.py EXPORT_DIR --requests REQ.tfrecord --out RESULT.json
         [--responses RESP.tfrecord] [--latency-runs N]
@@ -23,6 +23,7 @@ What it does, in TF Serving's order:
 """
 
 import argparse
+import glob
 import importlib.util
 import json
 import os
@@ -66,33 +67,44 @@ def read_meta_graph(export_dir):
 
 
 # Op libraries that the stock tensorflow_model_server links besides core TensorFlow
-# (SUPPORTED_TENSORFLOW_OPS in tensorflow_serving/model_servers/BUILD): the TF-DF
-# inference ops, since TF Serving 2.11. A TF-DF model serves there, so it must pass
-# here: when the package is installed, its inference kernels are loaded from the
-# shared object (without importing the package, which would pull in Keras).
-# Only inference: TF-DF's training ops are not linked into the server.
+# (SUPPORTED_TENSORFLOW_OPS in tensorflow_serving/model_servers/BUILD). A model using
+# their ops serves there, so it must pass here: when the package is installed, its
+# kernels are loaded from its shared objects with tf.load_op_library, without
+# importing the package (both packages' __init__ pull in Keras, which this process
+# blocks). Each entry is (package, glob of the .so files relative to the package).
+# * TF-DF, since TF Serving 2.11 (@org_tensorflow_decision_forests//
+#   tensorflow_decision_forests/tensorflow/ops/inference:kernel_and_op): only the
+#   inference ops; TF-DF's training ops are not linked.
+# * TF Text (@org_tensorflow_text//tensorflow_text:ops_lib): every op kernel the
+#   package ships, i.e. python/ops/_*.so (tokenizers, normalizers, ngrams, ...) and
+#   python/metrics/_*.so (text similarity). Its core/pybinds/*.so are Python
+#   extensions for building models and configs, not op libraries, so not loaded.
 MODEL_SERVER_OP_LIBRARIES = (
     ("tensorflow_decision_forests", ("tensorflow", "ops", "inference", "inference.so")),
+    ("tensorflow_text", ("python", "ops", "_*.so")),
+    ("tensorflow_text", ("python", "metrics", "_*.so")),
 )
 
 
 def load_model_server_op_libraries():
-    """Loads the installed ones of MODEL_SERVER_OP_LIBRARIES; returns their packages."""
+    """Loads the installed ones of MODEL_SERVER_OP_LIBRARIES; returns their packages
+    (each once) of which at least one shared object loaded."""
     loaded = []
     for package, relative in MODEL_SERVER_OP_LIBRARIES:
         spec = importlib.util.find_spec(package)   # a top-level spec imports nothing
         if spec is None or not spec.origin:
             continue
-        path = os.path.join(os.path.dirname(spec.origin), *relative)
-        if not os.path.exists(path):
-            continue
-        try:
-            tf.load_op_library(path)
-        except (tf.errors.NotFoundError, OSError):
-            # Built for another TensorFlow: the ops stay unregistered, so a model that
-            # uses them fails the ops check below, and any other model is unaffected.
-            continue
-        loaded.append(package)
+        # sorted: a fixed load order, so a run is reproducible.
+        for path in sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), *relative))):
+            try:
+                tf.load_op_library(path)
+            except (tf.errors.NotFoundError, OSError):
+                # Built for another TensorFlow: its ops stay unregistered, so a model
+                # that uses them fails the ops check below, and any other model is
+                # unaffected.
+                continue
+            if package not in loaded:
+                loaded.append(package)
     return loaded
 
 
@@ -103,8 +115,9 @@ def check_ops(meta_graph, op_libraries=()):
     functions = {f.signature.name for f in meta_graph.graph_def.library.function}
     missing = sorted(op for op in ops if op not in functions and op_def_registry.get(op) is None)
     if missing:
-        return result("ops", False, "ops not registered in core TensorFlow (TF Serving "
-                      "will fail to load the model): " + ", ".join(missing))
+        return result("ops", False, "ops not registered in core TensorFlow"
+                      + "".join(f" or {p}" for p in op_libraries)
+                      + " (TF Serving will fail to load the model): " + ", ".join(missing))
     return result("ops", True, f"{len(ops)} op types, all in core TensorFlow"
                   + "".join(f" or {p}" for p in op_libraries))
 

@@ -144,28 +144,72 @@ def test_missing_serving_default(tmp_path, capsys):
     assert "serving check FAILED" in printed
 
 
-def test_op_registered_outside_core_tensorflow(dropout_model, tmp_path):
+def test_op_no_model_server_links_is_missing(dropout_model, tmp_path):
+    """ExportArchiveTestOnly is registered in this process only (compiled and loaded
+    by the helper), as a custom op library is: TF Serving lacks it, so must the check."""
     from tensorflow.python.framework import op_def_registry
     cfg = {"endpoints": [{"name": "serve"},
-                         {"name": "tokens", "fn": "helpers.check_models:make_tokenizer_fn"}]}
+                         {"name": "through_op",
+                          "fn": "helpers.check_models:make_test_only_op_fn"}]}
     report = export_must_fail(dropout_model, cfg, str(tmp_path / "fail" / "m"))
     (row,) = failing(report.results, "ops", "")
     assert "not registered in core TensorFlow" in row["detail"]
     assert "TF Serving will fail to load the model" in row["detail"]
     listed = row["detail"].rsplit(": ", 1)[1].split(", ")
-    assert listed and all(listed)
-    assert any("WhitespaceTokenize" in op for op in listed), listed
-    for op in listed:
-        assert not hasattr(tf.raw_ops, op.split(">")[-1])
-        # Registered here (tensorflow_text is imported), not in the serving process.
-        assert op_def_registry.get(op) is not None
+    assert listed == [check_models.TEST_ONLY_OP], row["detail"]
+    assert not hasattr(tf.raw_ops, check_models.TEST_ONLY_OP)
+    # Registered here (the helper loaded it), not in the serving process.
+    assert op_def_registry.get(check_models.TEST_ONLY_OP) is not None
 
     # The naive check, loading in this process, would pass: that is the point.
     out = str(tmp_path / "ok" / "m")
     export_archive.export(dropout_model, cfg, out, check=False)
     revived = tf.saved_model.load(out)
-    got = revived.signatures["tokens"](text=tf.constant(["a b c", "d"]))["num_tokens"]
-    np.testing.assert_array_equal(got, [3.0, 1.0])
+    x = check_models.sample(5)
+    np.testing.assert_allclose(revived.signatures["through_op"](features=x)["scores"],
+                               dropout_model(x, training=False), atol=1e-5)
+
+
+def test_tf_text_op_passes_because_model_server_links_it(dropout_model, tmp_path):
+    """tensorflow_model_server links TF Text's kernels (SUPPORTED_TENSORFLOW_OPS:
+    @org_tensorflow_text//tensorflow_text:ops_lib), so a tokenizer model serves and
+    must pass, its op loaded from TF Text's .so without importing the package."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+    cfg = {"endpoints": [{"name": "serve"},
+                         {"name": "tokens", "fn": "helpers.check_models:make_tokenizer_fn"}]}
+    out = str(tmp_path / "m")
+    result = export_archive.export(dropout_model, cfg, out, check=True)
+    assert result.check_passed is True, result.checks
+    ops_row = rows_of(result.checks, "ops")[""]
+    assert ops_row["detail"].endswith("or tensorflow_text"), ops_row
+    assert rows_of(result.checks, "parity")["tokens"]["passed"]
+    assert rows_of(result.checks, "run")["tokens"]["passed"]
+
+    # It passes for the right reason: the served graph does hold a TF Text op,
+    # one core TensorFlow lacks.
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(out, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function
+                                        for n in f.node_def}
+    text_ops = sorted(op for op in ops if op.startswith("TFText>"))
+    assert any("WhitespaceTokenize" in op for op in text_ops), sorted(ops)
+    assert not any(hasattr(tf.raw_ops, op.split(">")[-1]) for op in text_ops)
+
+    # Served answers on real text (the check's own requests are empty strings), in
+    # the Keras-free process, which must not have imported tensorflow_text.
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.model_spec.signature_name = "tokens"
+    log.predict_log.request.inputs["text"].CopyFrom(
+        tf.make_tensor_proto(np.array([b"a b c", b"d", b""], dtype=object)))
+    data = check.run_contract(out, [log])
+    assert all(r["passed"] for r in data["results"]), data["results"]
+    assert data["foreign_modules"] == []
+    (response,) = data["responses"]
+    np.testing.assert_array_equal(
+        tf.make_ndarray(response.predict_log.response.outputs["num_tokens"]), [3.0, 1.0, 0.0])
 
 
 def test_variant_output_cannot_be_served(dropout_model, tmp_path):
@@ -290,14 +334,16 @@ def test_parity_runs_the_traced_graph_not_eager_python(tmp_path):
 def test_cli_export_check_refuses_failing_model(tmp_path, capsys):
     model_path = tmp_path / "model.keras"
     check_models.dropout_model().save(model_path)
-    cfg = {"endpoints": [{"name": "tokens", "fn": "helpers.check_models:make_tokenizer_fn"}]}
+    cfg = {"endpoints": [{"name": "through_op",
+                          "fn": "helpers.check_models:make_test_only_op_fn"}]}
     out = tmp_path / "pub" / "out"
     code = cli.main(["export", "--model", str(model_path), "--config", json.dumps(cfg),
                      "--output", str(out), "--check"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_CHECK_FAILED, err
     assert f"Nothing was written to {out}" in err
-    assert "ops not registered in core TensorFlow" in err and "WhitespaceTokenize" in err
+    assert "ops not registered in core TensorFlow" in err
+    assert check_models.TEST_ONLY_OP in err
     assert "Traceback" not in err
     assert not out.exists()
     assert os.listdir(tmp_path / "pub") == []
