@@ -29,7 +29,9 @@ def build_model(keras):
     x = keras.layers.Concatenate()([inputs[n] for n in features.NUMERIC_FEATURES] + [island])
     x = keras.layers.Dense(16, activation="relu")(x)
     x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(3)(x)
+    # Named: the exported signatures key this output by it ("logits"), and a stable
+    # name keeps the serving contract stable across retrains (docs/contract.md).
+    outputs = keras.layers.Dense(3, name="logits")(x)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

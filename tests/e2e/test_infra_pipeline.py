@@ -20,7 +20,7 @@ from helpers import fake_tf_serving
 pytestmark = pytest.mark.e2e
 
 NAME = "export-archive-infra"
-ENDPOINTS = ["call_training", "serve_features", "serving_default"]
+ENDPOINTS = ["serve_raw", "serving_default"]   # the main job's default export config
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 BROKEN_CONFIG = {
     "endpoints": [

@@ -26,6 +26,9 @@ EXPORT_CONFIG = {
         {"name": "regress_examples", "kind": "tf_example", "method": "regress",
          "exclude_features": ["label"]},
         {"name": "serve_features"},
+        # What REST / Vertex clients call: the server replays its warmup request at
+        # load, and the tests send it raw JSON converted as TF Serving's REST API does.
+        {"name": "serve_raw", "kind": "raw_features", "exclude_features": ["label"]},
     ],
 }
 

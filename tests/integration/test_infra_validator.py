@@ -26,6 +26,7 @@ pytest.importorskip("tfx")
 from tfx.proto import infra_validator_pb2 as iv_pb2  # noqa: E402
 from tfx.types import standard_artifacts  # noqa: E402
 
+from export_archive import describe, rest  # noqa: E402
 from export_archive.components.infra_validator import spec  # noqa: E402
 from helpers import fake_tf_serving  # noqa: E402
 from helpers import infra_fixtures as ifx  # noqa: E402
@@ -127,6 +128,17 @@ def test_test_double_speaks_tf_serving_grpc(exported, tmp_path, fake_on_path):
         regress = next(r for r in requests if type(r).__name__ == "RegressionRequest")
         values = [r.value for r in stub.Regress(regress).result.regressions]
         np.testing.assert_allclose(scores, values, atol=1e-6)   # same unit, two APIs
+        # A REST client's raw JSON for the same rows, converted by TF Serving's REST
+        # rules, through the server's Predict on the raw_features signature.
+        body = rest.instances_from_features([{k: r[k][0] for k in fx.SCALAR_FEATURES}
+                                             for r in exported["rows"]])
+        raw = predict_pb2.PredictRequest()
+        raw.model_spec.name, raw.model_spec.signature_name = "scalar", "serve_raw"
+        for key, value in rest.request_to_tensors(
+                body, serving_signature(exported["model"], "serve_raw")).items():
+            raw.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        np.testing.assert_allclose(tf.make_ndarray(single(stub.Predict(raw).outputs)), want,
+                                   atol=1e-5)
 
         metadata = stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=predict.model_spec, metadata_field=["signature_def"]))
@@ -159,7 +171,8 @@ def test_test_double_speaks_tf_serving_grpc(exported, tmp_path, fake_on_path):
     log_text = open(log_path).read()
     assert "Successfully loaded servable version {name: scalar version: 12}" in log_text
     # The exporter's warmup file was replayed at load, as TF Serving does.
-    assert "Number of warmup records read: 4." in log_text
+    # One request per signature (serving_default is one of the endpoints).
+    assert f"Number of warmup records read: {len(ifx.EXPORT_CONFIG['endpoints'])}." in log_text
     # Nothing but TensorFlow in the server process: Keras is blocked.
     assert "keras" not in log_text.lower()
 
@@ -203,7 +216,8 @@ def test_local_process_blesses_makes_warmup_and_pusher_pushes(exported, tmp_path
     pushed = ifx.run_pusher(tmp_path / "push2", str(tmp_path / "serving2"),
                             model=exported["model"], infra_blessing=blessing)
     pushed_dir = pushed.get_string_custom_property("pushed_destination")
-    assert len(ifx.read_prediction_logs(os.path.join(pushed_dir, WARMUP))) == 4
+    assert len(ifx.read_prediction_logs(os.path.join(pushed_dir, WARMUP))) == len(
+        ifx.EXPORT_CONFIG["endpoints"])
 
 
 def _corrupt_warmup(exported, tmp_path):
@@ -405,3 +419,9 @@ def test_real_tf_serving_blesses_our_export(exported, tmp_path):
         local_process_config=local_process_config)
     assert blessing.get_int_custom_property(spec.BLESSED_PROPERTY) == 1, (
         blessing.get_string_custom_property(spec.FAILURE_PROPERTY))
+
+
+def serving_signature(model_artifact, name):
+    """A SignatureDef of a ModelExporter-style Model artifact (its Format-Serving/)."""
+    path = os.path.join(model_artifact.uri, "Format-Serving")
+    return describe.serve_meta_graph(describe.read_saved_model_proto(path)).signature_def[name]
