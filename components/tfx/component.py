@@ -22,7 +22,8 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
             export_config={"endpoints": [
                 {"name": "serving_default", "kind": "tf_example", "transform": True,
                  "exclude_features": ["species"]},
-                {"name": "serve_features"}]})
+                {"name": "serve_raw", "kind": "raw_features", "transform": True,
+                 "exclude_features": ["species"]}]})
         pusher = Pusher(model=exporter.outputs["model"], ...)
 
     The export config is validated here, so a bad config fails when the pipeline
