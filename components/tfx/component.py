@@ -55,6 +55,7 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
                  module_path: Optional[str] = None,
                  baseline_model: Optional[types.BaseChannel] = None):
         config = ExportConfig.parse(export_config)
+        _check_model_channel(model)
         _check_inputs_for(config, schema, transform_graph, module_file, module_path)
         component_spec = spec.ModelExporterSpec(
             **{spec.TRAINED_MODEL_KEY: model,
@@ -72,6 +73,16 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
             # As Trainer does: the module file is packaged and module_path points to it.
             udf_utils.add_user_module_dependency(self, spec.MODULE_FILE_KEY,
                                                  spec.MODULE_PATH_KEY)
+
+
+def _check_model_channel(model) -> None:
+    """TFX's own check names the spec key (`trained_model`); users pass `model=`."""
+    got = getattr(model, "type", None)
+    if not (isinstance(model, types.BaseChannel) and got is not None
+            and issubclass(got, standard_artifacts.Model)):
+        what = getattr(got, "TYPE_NAME", None) or type(model).__name__
+        raise TypeError(f"ModelExporter(model=...) takes a Model channel, such as "
+                        f"trainer.outputs['model']; got {what}.")
 
 
 def _baseline_inputs(channel: Optional[types.BaseChannel]) -> Dict[str, Any]:

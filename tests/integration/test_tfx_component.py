@@ -58,8 +58,11 @@ def test_optional_inputs_are_wired():
 
 
 def test_wrong_channel_type_is_refused():
-    with pytest.raises(TypeError):
+    # The error names the argument users pass (`model=`), not the spec key.
+    with pytest.raises(TypeError, match=r"ModelExporter\(model=\.\.\.\) takes a Model "
+                                        r"channel.*got Schema") as err:
         ModelExporter(model=schema_channel(), export_config=SERVE)
+    assert "trained_model" not in str(err.value)
 
 
 @pytest.mark.parametrize("form", ["config", "dict", "json"])
