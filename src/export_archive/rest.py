@@ -82,8 +82,14 @@ def _to_array(value: Any, spec, where: str) -> np.ndarray:
     decoded = _decode(value, is_string, where)
     if is_string:
         array = np.array(decoded, dtype=object)
+        if any(isinstance(v, list) for v in array.flat):
+            raise RestError(f"{where}: ragged values: every list at one level must have "
+                            "the same length")
     else:
-        raw = np.array(decoded)
+        try:
+            raw = np.array(decoded)
+        except ValueError:   # numpy refuses inhomogeneous nesting outright
+            raw = np.array(None, dtype=object)
         if raw.dtype == object:
             raise RestError(f"{where}: ragged values: every list at one level must have "
                             "the same length")

@@ -231,6 +231,12 @@ def test_rest_conversion_rejects_what_tf_serving_rejects(exported):
         rest.request_to_tensors({"instances": [], "inputs": {}}, sig)
     with pytest.raises(rest.RestError, match=r"instances\[0\]\.x: the input is numeric"):
         rest.request_to_tensors({"instances": [{"x": "1", "color": "red"}]}, sig)
+    with pytest.raises(rest.RestError, match="ragged values"):
+        rest.request_to_tensors({"inputs": {"x": [[1.0], [2.0, 3.0]], "color": ["a", "b"]}},
+                                sig)
+    with pytest.raises(rest.RestError, match="ragged values"):
+        rest.request_to_tensors({"inputs": {"x": [1.0, 2.0], "color": [["a"], ["b", "c"]]}},
+                                sig)
     columnar = rest.request_to_tensors({"inputs": {"x": [1.0, 2.0],
                                                    "color": ["red", "blue"]}}, sig)
     assert columnar["x"].tolist() == [1.0, 2.0] and columnar["color"].tolist() == [b"red",

@@ -42,9 +42,13 @@ def reasons():
 
 
 @pytest.fixture(scope="module")
-def runner_results(reasons, tmp_path_factory):
-    """Runs every runnable module in one Keras 2 subprocess; {module id: result}."""
-    runnable = [m.id for m in MODULES if reasons[m.id] is None]
+def runner_results(reasons, tmp_path_factory, request):
+    """Runs every runnable module whose test is selected (`-k bert` runs only the
+    BERT modules) in one Keras 2 subprocess; {module id: result}."""
+    selected = {item.callspec.params["module"].id for item in request.session.items
+                if getattr(item, "originalname", None)
+                == "test_export_serves_what_the_trainer_serves"}
+    runnable = [m.id for m in MODULES if reasons[m.id] is None and m.id in selected]
     root = tmp_path_factory.mktemp("tfx_trainers")
     out = root / "results.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -96,11 +100,13 @@ def test_export_serves_what_the_trainer_serves(module, reasons, request):
 
     seconds = result["seconds"]
     cli_vs_exporter = max(v for k, v in diffs.items() if "cli_vs_exporter" in k)
+    substitution = tfx_trainers.substitution_note(module)
     _row(module, max_abs_diff=max(v for k, v in diffs.items() if "_vs_trainer" in k),
          records=result["records"], size_ratio=round(sizes["ours"] / sizes["trainer"], 3),
          check=result["serving_check"], seconds=round(seconds["exporter"] + seconds["cli"], 1),
          status="pass",
-         note=(f"ModelExporter and CLI, batch sizes: whole split and "
-               f"{max(tfx_trainers.BATCH_SIZES)}; CLI vs ModelExporter {cli_vs_exporter:.2g}; "
-               f"vs in-memory model {diffs['ours_vs_in_memory']:.2g}; ModelExporter run "
-               f"{seconds['exporter']:.0f} s, CLI export {seconds['cli']:.0f} s"))
+         note=(f"{substitution}; " if substitution else "")
+         + (f"ModelExporter and CLI, batch sizes: whole split and "
+            f"{max(tfx_trainers.BATCH_SIZES)}; CLI vs ModelExporter {cli_vs_exporter:.2g}; "
+            f"vs in-memory model {diffs['ours_vs_in_memory']:.2g}; ModelExporter run "
+            f"{seconds['exporter']:.0f} s, CLI export {seconds['cli']:.0f} s"))

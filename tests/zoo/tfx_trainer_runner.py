@@ -15,6 +15,12 @@ through the CLI, and both exports are compared with the Trainer's own
 hand-written `serving_default` over every record of the eval split, at two
 batch sizes. The results (one JSON object per module) go to --out; the
 assertions are the pytest harness's job (test_tfx_trainers.py).
+
+The BERT modules (`tiny_hub` in the table) load BERT from tfhub.dev: each runs
+as a copy of its own file in which only `_BERT_LINK` (set to a tiny local module
+in the same format, tiny_bert_hub.py) and `_MAX_LEN` are replaced, on generated
+CoLA-like (`sentence`, `label`) or MRPC-like (`sentence1`, `sentence2`, `label`)
+data.
 """
 
 import os
@@ -27,6 +33,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -43,7 +50,9 @@ MNIST_PIXELS = 784
 
 
 # How each dataset enters the pipeline: CSV files, or TFRecords of tf.Examples.
-EXAMPLE_GEN = {"penguin": "csv", "imdb": "csv", "mnist": "import"}
+EXAMPLE_GEN = {"penguin": "csv", "imdb": "csv", "mnist": "import", "cola": "csv",
+               "mrpc": "csv"}
+GLUE_ROWS = 48
 
 
 def prepare_data(module: tfx_trainers.TrainerModule, data_root: str) -> str:
@@ -60,9 +69,72 @@ def prepare_data(module: tfx_trainers.TrainerModule, data_root: str) -> str:
         shutil.copy(os.path.join(tfx_trainers.examples_dir(), "imdb", "data",
                                  "imdb_small_with_labels.txt"),
                     os.path.join(data_root, "imdb_small_with_labels.csv"))
+    elif module.data in ("cola", "mrpc"):
+        write_glue_csv(module.data, os.path.join(data_root, f"{module.data}.csv"))
     else:
         write_mnist_records(os.path.join(data_root, "mnist.tfrecord"))
     return kind
+
+
+def glue_sentence(rng) -> str:
+    """A sentence of the tiny vocabulary's words (with a word now and then that it
+    lacks, tokenized as [UNK], and one that WordPiece splits), no commas."""
+    from zoo import tiny_bert_hub
+    words = [w for w in tiny_bert_hub.WORDS if w.isalpha()]
+    chosen = list(rng.choice(words, size=int(rng.integers(3, 9))))
+    if rng.random() < 0.3:
+        chosen.append("zebra")        # not in the vocabulary: [UNK]
+    if rng.random() < 0.3:
+        chosen.append("walking")      # walk ##ing
+    sentence = " ".join(chosen)
+    return sentence[0].upper() + sentence[1:] + rng.choice([".", "?", ""])
+
+
+def write_glue_csv(task: str, path: str, rows: int = GLUE_ROWS, seed: int = 0) -> None:
+    """CoLA's columns (`sentence`, int `label`) or MRPC's (`sentence1`,
+    `sentence2`, int `label`), as bert_cola_utils / bert_mrpc_utils read them."""
+    import csv
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        if task == "cola":
+            out.writerow(["sentence", "label"])
+            for i in range(rows):
+                out.writerow([glue_sentence(rng), i % 2])
+        else:
+            out.writerow(["sentence1", "sentence2", "label"])
+            for i in range(rows):
+                first = glue_sentence(rng)
+                second = first if i % 2 else glue_sentence(rng)
+                out.writerow([first, second, i % 2])
+
+
+def replace_constant(text: str, name: str, value: str) -> str:
+    """`NAME = ...` replaced by `NAME = value`; the line must occur exactly once."""
+    pattern = re.compile(rf"^{name} = .*$", re.M)
+    found = pattern.findall(text)
+    assert len(found) == 1, (name, found)
+    return pattern.sub(lambda _: f"{name} = {value}", text)
+
+
+def tiny_hub_module_file(module: tfx_trainers.TrainerModule, root: str) -> str:
+    """A copy of the module in which only `_BERT_LINK` (the tiny local module,
+    built once under root) and `_MAX_LEN` differ from the wheel's file."""
+    from zoo import tiny_bert_hub
+    hub_dir = os.path.join(root, "tiny_bert_hub")
+    if not os.path.isdir(hub_dir):
+        tiny_bert_hub.build(hub_dir)
+    with open(tfx_trainers.module_file(module), encoding="utf-8") as f:
+        text = f.read()
+    assert f"_BERT_LINK = '{module.downloads}'" in text, module.path
+    text = replace_constant(text, "_BERT_LINK", repr(os.path.abspath(hub_dir)))
+    text = replace_constant(text, "_MAX_LEN", str(tfx_trainers.TINY_BERT_MAX_LEN))
+    copy_dir = os.path.join(root, module.id, "module")
+    os.makedirs(copy_dir, exist_ok=True)
+    path = os.path.join(copy_dir, os.path.basename(module.path))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
 
 
 def write_mnist_records(path: str, rows: int = MNIST_ROWS, seed: int = 0) -> None:
@@ -100,7 +172,8 @@ def build_pipeline(module: tfx_trainers.TrainerModule, root: str, data_root: str
     from tfx import v1 as tfx
     from export_archive.components.tfx.component import ModelExporter
 
-    module_file = tfx_trainers.module_file(module)
+    module_file = (tiny_hub_module_file(module, root) if module.tiny_hub
+                   else tfx_trainers.module_file(module))
     transform_module_file = module_file
     if module.transform_of:
         shared = tfx_trainers.BY_ID[module.transform_of]
@@ -246,6 +319,9 @@ def run_module(module: tfx_trainers.TrainerModule, root: str) -> Dict[str, Any]:
     from export_archive import writer
     from export_archive.components.tfx import spec
 
+    if module.tiny_hub:
+        from zoo import tiny_bert_hub
+        tiny_bert_hub.import_tensorflow_hub()
     group_root = os.path.join(root, module.data)
     data_root = os.path.join(group_root, "data")
     kind = prepare_data(module, data_root)
@@ -337,4 +413,13 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # The results are on disk (written after every module): skip interpreter
+    # finalization. After the BERT modules it segfaults in protobuf's C++
+    # `_message` dealloc while clearing module globals (the ImportErrors that
+    # google.cloud.aiplatform_v1*.services.*.client keep as ASYNC_REST_EXCEPTION,
+    # whose tracebacks hold protobuf objects): exit code -11 with every result
+    # written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

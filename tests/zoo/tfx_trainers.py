@@ -52,6 +52,10 @@ class TrainerModule:
     # it is the same function): Transform is the slowest step, and the cache then
     # runs it once for both.
     transform_of: Optional[str] = None
+    # The module's `downloads` is a TF Hub BERT module: the runner runs a copy of
+    # the module whose `_BERT_LINK` (and `_MAX_LEN`: TINY_BERT_MAX_LEN) point at a
+    # tiny local module in the same format (tiny_bert_hub.py) instead.
+    tiny_hub: bool = False
 
     @property
     def export_config(self) -> Dict:
@@ -69,17 +73,25 @@ MODULES = [
     TrainerModule("imdb_native_keras", "imdb/imdb_utils_native_keras.py", "label", "imdb"),
     TrainerModule("mnist_native_keras", "mnist/mnist_utils_native_keras.py", "image_class",
                   "mnist"),
-    TrainerModule("bert_cola", "bert/cola/bert_cola_utils.py", "label", "glue",
+    TrainerModule("bert_cola", "bert/cola/bert_cola_utils.py", "label", "cola",
                   requires=("tensorflow_hub", "tensorflow_text"),
-                  downloads="https://tfhub.dev/tensorflow/bert_en_cased_L-12_H-768_A-12/2"),
-    TrainerModule("bert_mrpc", "bert/mrpc/bert_mrpc_utils.py", "label", "glue",
+                  downloads="https://tfhub.dev/tensorflow/bert_en_cased_L-12_H-768_A-12/2",
+                  tiny_hub=True),
+    TrainerModule("bert_mrpc", "bert/mrpc/bert_mrpc_utils.py", "label", "mrpc",
                   requires=("tensorflow_hub", "tensorflow_text"),
-                  downloads="https://tfhub.dev/tensorflow/bert_en_cased_L-12_H-768_A-12/2"),
+                  downloads="https://tfhub.dev/tensorflow/bert_en_cased_L-12_H-768_A-12/2",
+                  tiny_hub=True),
     TrainerModule("ranking", "ranking/ranking_utils.py", "relevance", "ranking",
                   requires=("tensorflow_ranking", "struct2tensor"),
                   input_format="ExampleListWithContext"),
 ]
 BY_ID = {m.id: m for m in MODULES}
+
+# The module constants a tiny_hub module's copy replaces, each found exactly once
+# (`_BERT_LINK` by the tiny module's path): BERT-base's 256 (CoLA) and 128 (MRPC)
+# tokens per record become 32, which the generated sentences fit.
+TINY_BERT_MAX_LEN = 32
+TINY_HUB_SOURCE = "tests/zoo/tiny_bert_hub.py"
 
 
 def examples_dir() -> str:
@@ -160,7 +172,7 @@ def not_runnable_reason(module: TrainerModule) -> Optional[str]:
     missing = [p for p in module.requires if importlib.util.find_spec(p) is None]
     if missing:
         reasons.append(f"imports {', '.join(missing)}, not installed")
-    if module.downloads:
+    if module.downloads and not module.tiny_hub:
         error = _reachable(module.downloads)
         if error:
             reasons.append(f"downloads {module.downloads} at run time (hub.KerasLayer); "
@@ -171,3 +183,21 @@ def not_runnable_reason(module: TrainerModule) -> Optional[str]:
             reasons.append(f"fine-tunes BERT-base from {module.downloads} (110M "
                            f"parameters): beyond the zoo's time budget")
     return "; ".join(reasons) or None
+
+
+def substitution_note(module: TrainerModule) -> Optional[str]:
+    """Why a tiny_hub module runs against a local BERT-format module instead of
+    its own `downloads` (checked, like not_runnable_reason), and what else differs
+    from the wheel's module; None for the others."""
+    if not module.tiny_hub:
+        return None
+    host = re.match(r"https?://([^/:]+)", module.downloads).group(1)
+    local = f"run against a tiny local BERT-format hub module ({TINY_HUB_SOURCE})"
+    error = _reachable(module.downloads)
+    why = (f"{host} unreachable: {local} ({error})" if error else
+           f"{host} reachable, but BERT-base (110M parameters) is beyond the zoo's "
+           f"time budget: {local}")
+    return (f"{why}; module constants replaced: _BERT_LINK, _MAX_LEN = "
+            f"{TINY_BERT_MAX_LEN}; tensorflow_hub 0.15 imported with stand-ins for "
+            f"pkg_resources and tf.compat.v1.estimator, which this stack lacks "
+            f"(tiny_bert_hub.import_tensorflow_hub)")
