@@ -55,6 +55,16 @@ def serve_meta_graph(proto: saved_model_pb2.SavedModel):
                      f"(TF Serving loads that one); it has tag sets {tags}.")
 
 
+def signature_def(export_dir: str, name: str):
+    """The SignatureDef proto `name` of a SavedModel, as TF Serving reads it (e.g. for
+    `rest.request_to_tensors`)."""
+    signatures = serve_meta_graph(read_saved_model_proto(export_dir)).signature_def
+    if name not in signatures:
+        raise KeyError(f"{export_dir} has no signature {name!r}; it has "
+                       f"{sorted(k for k in signatures if not k.startswith('__'))}")
+    return signatures[name]
+
+
 def describe(export_dir: str) -> List[SignatureInfo]:
     """Lists the SavedModel's signatures (name, method, inputs, outputs), sorted by name."""
     meta_graph = serve_meta_graph(read_saved_model_proto(export_dir))

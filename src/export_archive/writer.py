@@ -78,9 +78,14 @@ class BuiltArchive:
         depends on), and so could fail, or differ, where the server does not."""
         if name in self.signature_functions:
             return self.signature_functions[name]
-        traced = self.archive.concrete_endpoint(name)
-        return (traced.get_concrete_function()
-                if hasattr(traced, "get_concrete_function") else traced)
+        return _concrete_endpoint(self.archive, name)
+
+
+def _concrete_endpoint(export_archive, name: str):
+    """The ConcreteFunction of an archive endpoint (Keras 3 keeps a tf.function)."""
+    traced = export_archive.concrete_endpoint(name)
+    return traced.get_concrete_function() if hasattr(traced, "get_concrete_function") \
+        else traced
 
 
 def build_archive(source: ModelSource, config: ExportConfig,
@@ -97,10 +102,8 @@ def build_archive(source: ModelSource, config: ExportConfig,
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
         names = endpoints.default_output_names(endpoint, source)
         if names is not None:
-            traced = export_archive.concrete_endpoint(endpoint.name)
-            concrete = (traced.get_concrete_function()
-                        if hasattr(traced, "get_concrete_function") else traced)
-            signature_functions[endpoint.name] = endpoints.named_signature(concrete, names)
+            signature_functions[endpoint.name] = endpoints.named_signature(
+                _concrete_endpoint(export_archive, endpoint.name), names)
     for name, trackable in getattr(example_builder, "trackables", {}).items():
         export_archive.attach(name, trackable)
     collections = {}

@@ -63,8 +63,8 @@ def check_pushed_model(pushed, root, name, trainer_predict):
         np.testing.assert_allclose(served, expected, atol=1e-4)
         # A REST client's JSON for the same animals gets the same answer.
         body = rest.instances_from_features(raw_rows(serialized[:batch]))
-        tensors = rest.request_to_tensors(json.loads(json.dumps(body)), signature_def(
-            pushed, "serve_raw"))
+        tensors = rest.request_to_tensors(json.loads(json.dumps(body)),
+                                          describe.signature_def(pushed, "serve_raw"))
         raw = single(revived.signatures["serve_raw"](**{k: tf.constant(v) for k, v in
                                                   tensors.items()})).numpy()
         np.testing.assert_allclose(raw, served, rtol=1e-6, atol=1e-6)
@@ -89,10 +89,6 @@ def raw_rows(serialized):
         rows.append(row)
     return rows
 
-
-def signature_def(export_dir, name):
-    return describe.serve_meta_graph(describe.read_saved_model_proto(export_dir)) \
-        .signature_def[name]
 
 
 def executions_by_state(metadata_path):

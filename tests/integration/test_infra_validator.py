@@ -134,8 +134,9 @@ def test_test_double_speaks_tf_serving_grpc(exported, tmp_path, fake_on_path):
                                              for r in exported["rows"]])
         raw = predict_pb2.PredictRequest()
         raw.model_spec.name, raw.model_spec.signature_name = "scalar", "serve_raw"
+        served_dir = os.path.join(exported["model"].uri, "Format-Serving")
         for key, value in rest.request_to_tensors(
-                body, serving_signature(exported["model"], "serve_raw")).items():
+                body, describe.signature_def(served_dir, "serve_raw")).items():
             raw.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         np.testing.assert_allclose(tf.make_ndarray(single(stub.Predict(raw).outputs)), want,
                                    atol=1e-5)
@@ -419,9 +420,3 @@ def test_real_tf_serving_blesses_our_export(exported, tmp_path):
         local_process_config=local_process_config)
     assert blessing.get_int_custom_property(spec.BLESSED_PROPERTY) == 1, (
         blessing.get_string_custom_property(spec.FAILURE_PROPERTY))
-
-
-def serving_signature(model_artifact, name):
-    """A SignatureDef of a ModelExporter-style Model artifact (its Format-Serving/)."""
-    path = os.path.join(model_artifact.uri, "Format-Serving")
-    return describe.serve_meta_graph(describe.read_saved_model_proto(path)).signature_def[name]

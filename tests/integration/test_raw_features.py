@@ -75,11 +75,6 @@ def raw_rows(records):
     return rows
 
 
-def signature_def(export_dir, name):
-    return describe.serve_meta_graph(describe.read_saved_model_proto(export_dir)) \
-        .signature_def[name]
-
-
 def run_in_session(export_dir, name, feeds):
     """TF Serving's path: the TF1 loader, tag serve, the signature run by tensor names."""
     served = fake_tf_serving.LoadedModel("m", 1, export_dir)
@@ -106,7 +101,7 @@ def test_rest_instances_match_tf_examples(exported, eval_records):
     # Bytes travel as {"b64": ...}, as the REST API requires for binary values.
     assert body["instances"][0]["color"] == {
         "b64": base64.b64encode(raw_rows(records)[0]["color"]).decode()}
-    tensors = rest.request_to_tensors(body, signature_def(out, "serve_raw"))
+    tensors = rest.request_to_tensors(body, describe.signature_def(out, "serve_raw"))
     assert tensors["x"].shape == (EVAL_SIZE,) and tensors["color"].dtype == object
     raw = run_in_session(out, "serve_raw", tensors)
     examples = run_in_session(out, "serving_default",
@@ -118,7 +113,8 @@ def test_rest_instances_match_tf_examples(exported, eval_records):
     plain = {"instances": [{"x": r["x"], "color": r["color"].decode()}
                            for r in raw_rows(records[:3])]}
     again = run_in_session(out, "serve_raw",
-                           rest.request_to_tensors(plain, signature_def(out, "serve_raw")))
+                           rest.request_to_tensors(plain,
+                                                   describe.signature_def(out, "serve_raw")))
     np.testing.assert_allclose(next(iter(again.values())),
                                next(iter(examples.values()))[:3], rtol=1e-6, atol=1e-6)
     predictions = rest.outputs_to_predictions(raw)["predictions"]
@@ -214,7 +210,7 @@ def test_raw_features_from_a_schema_without_transform(tmp_path):
     rows = fx.mixed_rows(6, seed=2)
     body = {"instances": [{k: (v if k == "a" else v[0]) for k, v in r.items()
                            if k != LABEL} for r in rows]}
-    tensors = rest.request_to_tensors(body, signature_def(out, "serve_raw"))
+    tensors = rest.request_to_tensors(body, describe.signature_def(out, "serve_raw"))
     raw = run_in_session(out, "serve_raw", tensors)
     examples = run_in_session(out, "serving_default",
                               {"examples": np.array(fx.serialize(rows), dtype=object)})
@@ -223,7 +219,7 @@ def test_raw_features_from_a_schema_without_transform(tmp_path):
 
 def test_rest_conversion_rejects_what_tf_serving_rejects(exported):
     _, out, _ = exported
-    sig = signature_def(out, "serve_raw")
+    sig = describe.signature_def(out, "serve_raw")
     with pytest.raises(rest.RestError, match=r"instances\[1\]: missing inputs \['x'\]"):
         rest.request_to_tensors({"instances": [{"x": 1.0, "color": "red"},
                                                {"color": "red"}]}, sig)
