@@ -31,7 +31,7 @@ setup(
         "export_archive.pipelines.modules",
         "export_archive.pipelines.data",
     ],
-    package_data={"export_archive": ["schema/*.json"],
+    package_data={"export_archive": ["schema/*.json", "templates/*.j2"],
                   "export_archive.components.kfp": ["*.yaml"],
                   "export_archive.pipelines": ["data/penguins/*.csv"]},
     install_requires=[
@@ -39,11 +39,16 @@ setup(
         "keras>=3.3",
         "tf-keras>=2.15,<2.17",
         "absl-py",
+        "jinja2>=3",   # the export report's templates (report.py)
         "numpy<2",
     ],
     extras_require={
         "tfx": ["tfx[kfp]>=1.15,<1.17", "apache-beam[gcp]>=2.53",
-                "tensorflow-serving-api>=2.15,<2.17"],
+                "tensorflow-serving-api>=2.15,<2.17",
+                # The KFP component's vertex_model output type (ModelUploadOp's input).
+                # 2.3.0 is the one release whose kfp range (<3) admits kfp 2.5.0, which
+                # tfx[kfp] 1.16 resolves to; 2.4-2.8 need kfp<=2.4, 2.9+ kfp>=2.6.
+                "google-cloud-pipeline-components>=2.3,<3"],
         "test": ["pytest>=7", "hypothesis>=6", "jsonschema>=4", "psutil>=5",
                  # registers ops outside core TF: the serving check must flag them
                  "tensorflow-text>=2.15,<2.17",

@@ -321,15 +321,28 @@ def markdown(results):
 
 
 def write_section(path, text):
+    replace_section(path, SECTION, text)
+
+
+def replace_section(path, section, text):
+    """Puts `text` in place of the `## section` of the markdown file (or appends it)."""
     doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if SECTION in doc:
-        head, rest = doc.split(SECTION, 1)
+    if section in doc:
+        head, rest = doc.split(section, 1)
         nxt = rest.find("\n## ")
         doc = head + text + (rest[nxt + 1:] if nxt >= 0 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     with open(path, "w") as f:
         f.write(doc)
+
+
+def add_output_args(parser, results_name):
+    """--out (the docs file), --json (bench/RESULTS_NAME) and --from_json."""
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    parser.add_argument("--json", default=os.path.join(HERE, results_name))
+    parser.add_argument("--from_json", action="store_true",
+                        help="only rewrite the docs section from the --json results")
 
 
 def main():
@@ -340,10 +353,7 @@ def main():
     parser.add_argument("--scaling", default="100000,300000",
                         help="smaller splits to run in-process too, for peak RSS vs size")
     parser.add_argument("--work", default="/tmp/parity-bench")
-    parser.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
-    parser.add_argument("--json", default=os.path.join(HERE, "results_parity.json"))
-    parser.add_argument("--from_json", action="store_true",
-                        help="only rewrite the docs section from the --json results")
+    add_output_args(parser, "results_parity.json")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:

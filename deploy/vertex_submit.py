@@ -3,7 +3,15 @@
     python deploy/vertex_submit.py --project P --region us-central1 \\
         --pipeline-root gs://BUCKET/tfx-export-archive \\
         --image us-docker.pkg.dev/P/REPO/tfx-export-archive:0.1.0 \\
-        [--service-account SA@P.iam.gserviceaccount.com] [--dry-run]
+        [--service-account SA@P.iam.gserviceaccount.com] [--dry-run] \\
+        [--vertex-endpoint penguin [--serving-image IMAGE]]
+
+`--image` names the component image every step runs in (deploy/Dockerfile built
+and pushed to a registry Vertex AI can pull; README: "The component image").
+`--vertex-endpoint NAME` replaces the filesystem Pusher with TFX's Vertex AI Pusher
+(export_archive.pipelines.vertex): the exported model is uploaded to the Model
+Registry of --project/--region and deployed to the Endpoint NAME, in
+`--serving-image` (default: Vertex's prebuilt TensorFlow prediction image).
 
 `--dry-run` compiles, reads the template back the way `aiplatform.PipelineJob`
 does (its template loader and runtime-config builder, which make no network
@@ -41,6 +49,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--exporter-cpu", type=float, help="ModelExporter vCPU limit")
     parser.add_argument("--exporter-memory", type=float, help="ModelExporter memory limit, GB")
     parser.add_argument("--no-cache", action="store_true", help="disable Vertex caching")
+    parser.add_argument("--vertex-endpoint", metavar="NAME",
+                        help="push with TFX's Vertex AI Pusher to this Endpoint (created "
+                             "if missing) in --project/--region")
+    parser.add_argument("--serving-image",
+                        help="serving image of the uploaded Model (default: Vertex's "
+                             "prebuilt TensorFlow prediction image); needs --vertex-endpoint")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the job instead of submitting it")
     args = parser.parse_args(argv)
@@ -49,6 +63,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      f"to Cloud Storage), got {args.pipeline_root!r}")
     if not args.template and not args.image:
         parser.error("--image is required unless --template is given")
+    if args.serving_image and not args.vertex_endpoint:
+        parser.error("--serving-image applies only with --vertex-endpoint NAME")
+    if args.template and args.vertex_endpoint:
+        parser.error("--vertex-endpoint is compiled into the template: drop --template "
+                     "to compile with it")
     return args
 
 
@@ -67,6 +86,11 @@ def compile_template(args: argparse.Namespace) -> str:
         argv += ["--exporter-memory", str(args.exporter_memory)]
     if args.no_cache:
         argv.append("--no-cache")
+    if args.vertex_endpoint:
+        argv += ["--vertex-endpoint", args.vertex_endpoint, "--vertex-project", args.project,
+                 "--vertex-region", args.region]
+        if args.serving_image:
+            argv += ["--serving-image", args.serving_image]
     return runner.compile_from_flags(argv)
 
 

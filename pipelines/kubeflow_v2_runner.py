@@ -5,6 +5,11 @@
         --pipeline-root gs://BUCKET/tfx-export-archive \\
         --output-dir build/ --format json            # Vertex PipelineJob JSON
         # --format yaml                              # KFP v2 PipelineSpec YAML
+        # --vertex-endpoint penguin --vertex-project P --vertex-region us-central1
+        #                     # push with TFX's Vertex AI Pusher instead (pipelines/vertex.py)
+
+`--image` is required: every step runs in it, and only an image pushed to a
+registry the cluster can pull works (README: "The component image").
 
 `json` is what `KubeflowV2DagRunner` writes by default: a PipelineJob (display name,
 labels, runtimeConfig with gcsOutputDirectory = pipeline root, and the PipelineSpec
@@ -23,13 +28,15 @@ import argparse
 import os
 import shlex
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+# Light (absl only): the flags' defaults, without TFX.
+from export_archive.pipelines.vertex import DEFAULT_MACHINE_TYPE
 
 # The penguin CSV ships in the component image here (deploy/Dockerfile copies it):
 # CsvExampleGen's driver reads `input_base` inside the container, so the default
 # data root must be a container path, not a path on the machine that compiles.
 IMAGE_DATA_ROOT = "/opt/tfx-export-archive/data/penguins"
-DEFAULT_IMAGE = "tfx-export-archive:0.1.0"
 DEFAULT_PIPELINE_NAME = "export-archive-penguin"
 # Pusher's destination under the pipeline root (deploy/k8s serves from there).
 SERVING_MODEL_SUBDIR = "serving_model"
@@ -40,8 +47,10 @@ EXPORTER_ID = "ModelExporter"
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kubeflow_v2_runner",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--image", default=DEFAULT_IMAGE,
-                        help="component image (deploy/Dockerfile) every step runs in")
+    parser.add_argument("--image", required=True,
+                        help="component image every step runs in: deploy/Dockerfile "
+                             "built and pushed to your registry, e.g. REGION-docker.pkg.dev/"
+                             "PROJECT/REPO/tfx-export-archive:0.1.0")
     parser.add_argument("--pipeline-root", required=True,
                         help="where the pipeline writes artifacts, e.g. gs://BUCKET/root")
     parser.add_argument("--serving-model-dir",
@@ -69,7 +78,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--exporter-memory", type=float,
                         help="ModelExporter memory limit in GB (ResourceSpec.memory_limit)")
     parser.add_argument("--no-cache", action="store_true")
-    return parser.parse_args(argv)
+    vertex = parser.add_argument_group(
+        "Vertex AI push", "push with TFX's Vertex AI Pusher (Model Registry upload and "
+        "Endpoint deploy) instead of to --serving-model-dir")
+    vertex.add_argument("--vertex-endpoint", metavar="NAME",
+                        help="Endpoint display name; created if missing")
+    vertex.add_argument("--vertex-project", help="Google Cloud project of the Endpoint")
+    vertex.add_argument("--vertex-region", help="Vertex AI region, e.g. us-central1")
+    vertex.add_argument("--serving-image",
+                        help="serving image of the uploaded Model (default: Vertex's "
+                             "prebuilt TensorFlow prediction image for this TF)")
+    vertex.add_argument("--machine-type", default=DEFAULT_MACHINE_TYPE,
+                        help="Endpoint machine type (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.vertex_endpoint and not (args.vertex_project and args.vertex_region):
+        parser.error("--vertex-endpoint needs --vertex-project and --vertex-region")
+    if not args.vertex_endpoint and (args.vertex_project or args.vertex_region
+                                     or args.serving_image):
+        parser.error("--vertex-project/--vertex-region/--serving-image only apply with "
+                     "--vertex-endpoint NAME")
+    return args
 
 
 def split_beam_args(values: Sequence[str]) -> Optional[List[str]]:
@@ -104,7 +132,10 @@ def build_pipeline(pipeline_root: str, serving_model_dir: Optional[str] = None,
                    pipeline_name: str = DEFAULT_PIPELINE_NAME, keras_version: str = "3",
                    train_steps: int = 100, beam_pipeline_args: Optional[List[str]] = None,
                    exporter_resources=None, enable_cache: bool = True,
-                   export_config: Optional[Dict[str, Any]] = None):
+                   export_config: Optional[Dict[str, Any]] = None,
+                   pusher: Optional[Callable[..., Any]] = None):
+    """create_pipeline for a container: modules from the installed package.
+    `pusher`: create_pipeline's push-step factory (vertex.vertex_pusher for Vertex AI)."""
     from export_archive.pipelines import pipeline as pipeline_module
     serving_model_dir = (serving_model_dir
                          or pipeline_root.rstrip("/") + "/" + SERVING_MODEL_SUBDIR)
@@ -113,7 +144,7 @@ def build_pipeline(pipeline_root: str, serving_model_dir: Optional[str] = None,
         serving_model_dir=serving_model_dir, data_root=data_root,
         keras_version=keras_version, export_config=export_config,
         train_steps=train_steps, beam_pipeline_args=beam_pipeline_args,
-        enable_cache=enable_cache, modules_from_package=True)
+        enable_cache=enable_cache, modules_from_package=True, pusher=pusher)
     if exporter_resources is not None:
         exporter = next(c for c in tfx_pipeline.components if c.id == EXPORTER_ID)
         exporter.with_platform_config(exporter_resources)
@@ -124,10 +155,13 @@ def compile_pipeline(tfx_pipeline, image: str, output_dir: str,
                      fmt: str = "json") -> str:
     """Writes the compiled pipeline and returns its path. Never submits."""
     from tfx import v1 as tfx
+    from export_archive.components.tfx import kfp_v2_entrypoint
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        # TFX's own entrypoint, plus the report's system.HTML type (see the module).
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, default_commands=kfp_v2_entrypoint.COMMAND),
         output_dir=output_dir, output_filename=FORMATS[fmt])
     runner.run(tfx_pipeline, write_out=True)
     return os.path.join(output_dir, FORMATS[fmt])
@@ -138,7 +172,15 @@ def compile_from_flags(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
     if args.keras == "2":
         os.environ["TF_USE_LEGACY_KERAS"] = "1"   # before TensorFlow is first imported
+    pusher = None
+    if args.vertex_endpoint:
+        from export_archive.pipelines import vertex
+        pusher = vertex.vertex_pusher(
+            project=args.vertex_project, region=args.vertex_region,
+            endpoint_name=args.vertex_endpoint, serving_image=args.serving_image,
+            machine_type=args.machine_type)
     tfx_pipeline = build_pipeline(
+        pusher=pusher,
         pipeline_root=args.pipeline_root, serving_model_dir=args.serving_model_dir,
         data_root=args.data_root, pipeline_name=args.pipeline_name,
         keras_version=args.keras, train_steps=args.train_steps,

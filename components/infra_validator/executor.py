@@ -38,7 +38,7 @@ from tfx.utils import io_utils, path_utils
 
 from export_archive.components.infra_validator import request_check, spec
 from export_archive.components.infra_validator.local_process import (
-    LocalProcessConfig, LocalProcessRunner, tail)
+    SERVER_REPORTED, LocalProcessConfig, LocalProcessRunner, tail)
 
 _POLLING_INTERVAL_SEC = 1
 NO_TAGS = ("ServingSpec.tensorflow_serving names no image tag or digest: TFX validates once "
@@ -75,6 +75,7 @@ class Executor(tfx_executor.Executor):
                     or serving_spec.tensorflow_serving.digests)
         if self._local_process is not None:
             _check_local_serving_spec(serving_spec)
+            _warn_if_retries_outlast_deadline(self._local_process, validation_spec)
             if not labelled:
                 # TFX validates once per tag/digest; the local binary is one binary.
                 serving_spec.tensorflow_serving.tags.append(spec.LOCAL_PROCESS_TAG)
@@ -189,6 +190,21 @@ def _check_local_serving_spec(serving_spec: infra_validator_pb2.ServingSpec) -> 
                          "ServingSpec.tensorflow_serving")
 
 
+def _warn_if_retries_outlast_deadline(config: LocalProcessConfig,
+                                      validation_spec: infra_validator_pb2.ValidationSpec
+                                      ) -> None:
+    """Retries that outlast the loading deadline turn a load error into a deadline."""
+    retrying = config.max_num_load_retries * config.load_retry_interval_micros / 1e6
+    if retrying and retrying >= validation_spec.max_loading_time_seconds:
+        logging.warning(
+            "local_process_config: max_num_load_retries=%d x load_retry_interval_micros=%d "
+            "is %.0f s of retrying, not less than ValidationSpec.max_loading_time_seconds="
+            "%d: a model that cannot load will be reported as a deadline. Lower the retries "
+            "(0 fails at the first load error) or raise the deadline.",
+            config.max_num_load_retries, config.load_retry_interval_micros, retrying,
+            validation_spec.max_loading_time_seconds)
+
+
 def _mark_not_blessed(blessing: types.Artifact) -> None:
     """What TFX's executor writes for a model that failed (INFRA_NOT_BLESSED, blessed=0)."""
     io_utils.write_string_file(os.path.join(blessing.uri, spec.NOT_BLESSED_FILE), "")
@@ -210,7 +226,13 @@ def _describe(e: BaseException) -> str:
     if rpc is not None and rpc is not e and str(rpc.details()) not in text:
         text += f" ({rpc.code().name}: {rpc.details()})"
     if isinstance(e, error_types.DeadlineExceeded):
-        text += " Consider increasing ValidationSpec.max_loading_time_seconds."
+        if SERVER_REPORTED in text:
+            # More time would only buy more retries of a load that already failed.
+            text += (" The server was still retrying a model it could not load: fix the "
+                     "model, or set local_process_config max_num_load_retries=0 to fail "
+                     "at the first error.")
+        else:
+            text += " Consider increasing ValidationSpec.max_loading_time_seconds."
     return text if len(text) <= 2000 else text[:2000] + "..."
 
 

@@ -7,13 +7,18 @@ container neither is available, but the container can carry the
 child process, with TFX's own client, retries and request builder around it:
 
     tensorflow_model_server --port=PORT --model_name=NAME \\
-        --model_base_path=BASE [extra flags...]
+        --model_base_path=BASE --max_num_load_retries=0 \\
+        --load_retry_interval_micros=1000000 [extra flags...]
 
 `LocalProcessConfig` says how (binary, port, where the model is served from,
 extra flags, environment); `LocalProcessRunner` is a TFX `BaseModelServerRunner`
 that starts the process, waits until it listens, and always stops it
 (SIGTERM to its process group, then SIGKILL after `stop_timeout_seconds`). The
-process's stdout and stderr go to a log file the executor keeps.
+process's stdout and stderr go to a log file the executor keeps; when the
+server gives up on a model, its own load error (`server_errors`) is what the
+failure says. On Linux the server is also killed when the process that
+started it dies (`PR_SET_PDEATHSIG`), so a SIGKILLed executor leaves no
+server behind.
 
 Example::
 
@@ -23,15 +28,19 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from tfx.components.infra_validator import error_types
 from tfx.components.infra_validator.model_server_runners import base_runner
@@ -40,8 +49,16 @@ from tfx.utils import io_utils
 DEFAULT_BINARY = "tensorflow_model_server"
 # Flags the platform sets itself; the config has a field for each.
 OWNED_FLAGS = {"--port": "port", "--model_name": "ServingSpec.model_name",
-               "--model_base_path": "model_base_path"}
+               "--model_base_path": "model_base_path",
+               "--max_num_load_retries": "max_num_load_retries",
+               "--load_retry_interval_micros": "load_retry_interval_micros"}
 _POLLING_INTERVAL_SEC = 0.5
+# What TF Serving logs when it gives up on a model: tensorflow_serving/util/retrier.cc
+# logs "<description> failed: <status>" for every try, where the description is
+# "Loading servable: {name: N version: V}" (core/loader_harness.cc), and main.cc
+# prints "Failed to start server. Error: <status>" before it exits.
+SERVER_ERROR_PATTERNS = (re.compile(r"Loading servable: .* failed: "),
+                         re.compile(r"Failed to start server"))
 
 
 class LocalProcessConfigError(ValueError):
@@ -70,6 +87,13 @@ class LocalProcessConfig:
       env: extra environment variables for the process.
       stop_timeout_seconds: how long the server gets to exit after SIGTERM
         before it is killed.
+      max_num_load_retries: TF Serving's `--max_num_load_retries`. The binary's
+        default, 5 retries `--load_retry_interval_micros` (60 s) apart, keeps a
+        model that cannot load "loading" for 5 minutes, so InfraValidator would
+        report a deadline instead of the server's error. 0 (our default): one
+        load; a broken model makes the server exit at once with its own error.
+      load_retry_interval_micros: TF Serving's `--load_retry_interval_micros`,
+        the wait between load retries (used only when max_num_load_retries > 0).
     """
 
     binary: str = DEFAULT_BINARY
@@ -78,6 +102,8 @@ class LocalProcessConfig:
     extra_flags: List[str] = dataclasses.field(default_factory=list)
     env: Dict[str, str] = dataclasses.field(default_factory=dict)
     stop_timeout_seconds: float = 10.0
+    max_num_load_retries: int = 0
+    load_retry_interval_micros: int = 1_000_000
 
     @classmethod
     def parse(cls, value: Union["LocalProcessConfig", Dict[str, Any], str, None]
@@ -142,6 +168,13 @@ class LocalProcessConfig:
             raise LocalProcessConfigError("stop_timeout_seconds",
                                           f"got {self.stop_timeout_seconds!r}",
                                           "use a positive number of seconds")
+        for name in ("max_num_load_retries", "load_retry_interval_micros"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise LocalProcessConfigError(
+                    name, f"got {value!r}", "use a whole number >= 0 (0 retries: a model "
+                    "that cannot load fails at once)" if name == "max_num_load_retries"
+                    else "use a whole number of microseconds >= 0")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -193,6 +226,71 @@ def last_line(text: Optional[str]) -> str:
     return lines[-1][:1000] if lines else ""
 
 
+def server_errors(text: Optional[str], max_lines: int = 5) -> List[str]:
+    """The model server's own load errors in its log, oldest first, at most `max_lines`.
+
+    With retries, TF Serving logs the same load error once per try; each distinct
+    error is kept once, so the list says what went wrong, not how often.
+    """
+    found: List[str] = []
+    for line in (text or "").splitlines():
+        for pattern in SERVER_ERROR_PATTERNS:
+            match = pattern.search(line)
+            if match:
+                # From the match on: the log prefix (time, level, file:line) differs
+                # between tries of the same error.
+                error = line[match.start():].strip()[:1500]
+                if error not in found:
+                    found.append(error)
+                break
+    return found[-max_lines:]
+
+
+SERVER_REPORTED = "the model server reported: "
+
+
+def _reported(text: Optional[str]) -> str:
+    """What the server said: its load errors, or else its last log line."""
+    errors = server_errors(text)
+    if errors:
+        return SERVER_REPORTED + " | ".join(errors)
+    return f"its last log line: {last_line(text)!r}"
+
+
+def _die_with_parent() -> Optional[Callable[[], None]]:
+    """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (Linux).
+
+    Why: Stop() runs in `finally`, and TFX turns SIGTERM into an exception, but a
+    SIGKILLed executor (OOM killer, a killed pod or LocalDagRunner) runs no code at
+    all, and the server, in a session of its own, would keep its port, memory and
+    model files for as long as the machine runs. PR_SET_PDEATHSIG asks the kernel
+    itself to kill it. The "parent" is the thread that forked the child: the server
+    is started and stopped within one `_ValidateOnce` call on one thread, so that
+    thread outlives it. The setting survives exec (our wrapper scripts exec the
+    server), but not a fork: a wrapper that forks the real server instead of exec-ing
+    it must forward the signal itself. Elsewhere than Linux: None (no such call).
+
+    libc and prctl are resolved here, before the fork: the child between fork and
+    exec must not load libraries or take locks another thread may have held.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def preexec() -> None:
+        if prctl(pr_set_pdeathsig, sigkill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died between fork() and prctl(): then the kernel will
+        # never send the signal, and the child must not start the server.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 def tail(text: Optional[str], max_chars: int = 3000) -> str:
     """The end of a log, cut at a line boundary."""
     if not text:
@@ -234,7 +332,10 @@ class LocalProcessRunner(base_runner.BaseModelServerRunner):
     def command(self) -> List[str]:
         return [self._config.resolve_binary(), f"--port={self._port}",
                 f"--model_name={self._model_name}",
-                f"--model_base_path={self._model_base_path()}", *self._config.extra_flags]
+                f"--model_base_path={self._model_base_path()}",
+                f"--max_num_load_retries={self._config.max_num_load_retries}",
+                f"--load_retry_interval_micros={self._config.load_retry_interval_micros}",
+                *self._config.extra_flags]
 
     @property
     def process(self) -> Optional[subprocess.Popen]:
@@ -274,11 +375,12 @@ class LocalProcessRunner(base_runner.BaseModelServerRunner):
         self._log_file.write(("$ " + " ".join(command) + "\n").encode())
         self._log_file.flush()
         # A session of its own: Stop() signals the whole process group, so a
-        # wrapper script and the server it starts both go.
+        # wrapper script and the server it starts both go. _die_with_parent covers
+        # the case where Stop() never runs.
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=self._log_file,
             stderr=subprocess.STDOUT, env={**os.environ, **self._config.env},
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent())
 
     def WaitUntilRunning(self, deadline: float) -> None:
         assert self._process is not None, "the model server has not been started"
@@ -287,15 +389,16 @@ class LocalProcessRunner(base_runner.BaseModelServerRunner):
             if code is not None:
                 raise error_types.JobAborted(
                     f"{os.path.basename(self._config.binary)} exited with code {code} before "
-                    f"it served the model; its last log line: {last_line(self.GetLogs())!r}")
+                    f"it served the model; {_reported(self.GetLogs())}")
             if _listening(self._port):
                 self._endpoint = f"localhost:{self._port}"
                 return
             time.sleep(_POLLING_INTERVAL_SEC)
+        # With load retries (max_num_load_retries > 0) the server may still be
+        # retrying a model it already failed to load: say so, with its error.
         raise error_types.DeadlineExceeded(
             f"the model server did not listen on port {self._port} within the loading "
-            "deadline (ValidationSpec.max_loading_time_seconds); its last log line: "
-            f"{last_line(self.GetLogs())!r}")
+            f"deadline (ValidationSpec.max_loading_time_seconds); {_reported(self.GetLogs())}")
 
     def GetLogs(self) -> Optional[str]:
         if self._log_file is not None and not self._log_file.closed:

@@ -3,15 +3,18 @@
 Use it in any KFP v2 / Vertex AI pipeline, from Python or from the compiled YAML::
 
     from kfp import dsl
-    from export_archive.components.kfp.component import model_exporter
-    # or: model_exporter = kfp.components.load_component_from_file(
-    #         "components/kfp/model_exporter_component.yaml")
+    from google_cloud_pipeline_components.v1.model import ModelUploadOp
+    from export_archive.components.kfp.component import build_component
+
+    model_exporter = build_component("REGION-docker.pkg.dev/PROJECT/REPO/tfx-export-archive:0.1.0")
 
     @dsl.pipeline(name="export")
     def export_pipeline(model_uri: str):
         trained = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
-        model_exporter(trained_model=trained.output,
-                       export_config='{"endpoints": [{"name": "serve"}]}')
+        exported = model_exporter(trained_model=trained.output,
+                                  export_config='{"endpoints": [{"name": "serve"}]}')
+        ModelUploadOp(display_name="penguin",
+                      unmanaged_container_model=exported.outputs["vertex_model"])
 
 The component runs `export_archive.export` (the API behind `export-archive
 export`) in the component image (deploy/Dockerfile). Inputs and outputs:
@@ -22,10 +25,18 @@ export`) in the component image (deploy/Dockerfile). Inputs and outputs:
   TFX component's parameter and the CLI's `--config`.
 - `schema`, `transform_graph`, `examples` (optional): as the TFX component's
   inputs, for `kind: tf_example` endpoints and the serving check.
+- `serving_image` (str, optional): the serving image Vertex AI should run the
+  model in; empty: Vertex's prebuilt TensorFlow prediction image for the TF that
+  exported the model (`vertex.prebuilt_tf_image`).
 - `model` (Model): the SavedModel, directly in the artifact's directory
-  (`model.path/saved_model.pb`: what Vertex AI Model upload and TF Serving
-  expect). Metadata: `endpoints`, `serving_default`, `source_flavor`,
+  (`model.path/saved_model.pb`: what TF Serving and Vertex's prebuilt TF images
+  load). Metadata: `endpoints`, `serving_default`, `source_flavor`,
   `serving_check`, `framework`.
+- `vertex_model` (`google.UnmanagedContainerModel`): the same directory (its URI
+  is `model`'s), typed and described for google-cloud-pipeline-components'
+  `ModelUploadOp(unmanaged_container_model=...)`, which uploads it to the Vertex
+  AI Model Registry: metadata `containerSpec.imageUri` is the serving image.
+  This component uploads nothing itself.
 - `report_markdown` (Markdown), `report_html` (HTML): the export report, which the
   KFP and Vertex UIs render.
 
@@ -33,9 +44,11 @@ As in the TFX component, the serving check runs unless the config says
 `"check": {"enabled": false}`; a failing check (mode "fail") fails the task
 before anything is written to `model`.
 
-The image defaults to `DEFAULT_IMAGE`; `build_component(image)` makes the same
-component for another image. `model_exporter_component.yaml` is the compiled
-`model_exporter` (tests/integration/test_kfp_component.py keeps it in sync:
+`DEFAULT_IMAGE` is a placeholder no cluster can pull: build deploy/Dockerfile,
+push it to your registry and pass its name to `build_component(image)` (or
+`python -m export_archive.components.kfp.component OUT.yaml IMAGE`).
+`model_exporter_component.yaml` is the compiled `model_exporter` for the
+placeholder (tests/integration/test_kfp_component.py keeps it in sync:
 regenerate with `python -m export_archive.components.kfp.component`).
 """
 
@@ -43,12 +56,16 @@ import os
 import sys
 from typing import Optional
 
+# The artifact type ModelUploadOp's `unmanaged_container_model` input declares; KFP
+# checks it by schema title when a pipeline connects the two. kfp adds this import
+# to the compiled component, so the image needs the package (the `tfx` extra).
+from google_cloud_pipeline_components.types.artifact_types import UnmanagedContainerModel
 from kfp import compiler, dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Model, Output
 
-# The image deploy/Dockerfile builds (`docker build -t tfx-export-archive:0.1.0 -f
-# deploy/Dockerfile .`); push it to a registry your cluster can pull from and pass
-# that name to build_component().
+# A placeholder: the local tag `docker build -f deploy/Dockerfile` gives in the
+# README's recipe, which no cluster can pull. Push the image to your registry and
+# pass that name to build_component(); the committed YAML's description says so.
 DEFAULT_IMAGE = "tfx-export-archive:0.1.0"
 COMPONENT_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                               "model_exporter_component.yaml")
@@ -66,11 +83,22 @@ def model_exporter(
     model: Output[Model],
     report_markdown: Output[Markdown],
     report_html: Output[HTML],
+    vertex_model: Output[UnmanagedContainerModel],
     schema: Optional[Input[Artifact]] = None,
     transform_graph: Optional[Input[Artifact]] = None,
     examples: Optional[Input[Artifact]] = None,
+    serving_image: str = "",
 ):
-    """Exports `trained_model` with the endpoints of `export_config` into `model`."""
+    """Exports `trained_model` with the endpoints of `export_config` into `model`.
+
+    `vertex_model` is the same SavedModel typed for google-cloud-pipeline-components'
+    ModelUploadOp (Vertex AI Model Registry), its containerSpec.imageUri being
+    `serving_image` or, if empty, Vertex's prebuilt TensorFlow prediction image
+    for the exporting TF. IMAGE: the placeholder image tfx-export-archive:0.1.0
+    must be replaced with one built from deploy/Dockerfile and pushed to a
+    registry your cluster can pull (build_component(image), or edit
+    deploymentSpec.executors.*.container.image).
+    """
     # KFP compiles this body into the component: it must be self-contained, and
     # only the component image's packages (export_archive, TF, KFP) are available.
     import os
@@ -88,6 +116,9 @@ def model_exporter(
             schema_path=schema.path if schema is not None else None,
             transform_graph_path=transform_graph.path if transform_graph is not None else None,
             example_files=find_example_files(examples.path) if examples is not None else None)
+    # Resolved first: a TF with no image to serve it fails before anything is written.
+    from export_archive.components.kfp import vertex
+    image = serving_image or vertex.prebuilt_tf_image()
     # As the TFX component: the check runs unless the config turns it off, and a
     # failing check (mode "fail") raises before model.path exists.
     run_check = config.check_dict.get("enabled", True)
@@ -104,10 +135,15 @@ def model_exporter(
                     for c in result.checks if not c["passed"]]
         model.metadata["serving_check"] = (
             "passed" if result.check_passed else "failed: " + " | ".join(failures))
+    # Vertex uploads `artifact_uri` as is: point it at the SavedModel written above
+    # rather than copying it. KFP and Vertex keep an output URI the executor sets
+    # (GCPC's own components rely on that for their outputs).
+    vertex_model.uri = model.uri
+    vertex_model.metadata["containerSpec"] = {"imageUri": image}
     with open(report_markdown.path, "w", encoding="utf-8") as f:
-        f.write(report.to_markdown(result))
+        f.write(report.to_markdown(result, config, trained_model.uri))
     with open(report_html.path, "w", encoding="utf-8") as f:
-        f.write(report.to_html(result))
+        f.write(report.to_html(result, config, trained_model.uri))
 
 
 def build_component(image: str = DEFAULT_IMAGE):
@@ -131,4 +167,5 @@ def compile_component(path: str = COMPONENT_YAML, image: str = DEFAULT_IMAGE) ->
 
 
 if __name__ == "__main__":
-    print(compile_component(*sys.argv[1:2]))
+    # python -m export_archive.components.kfp.component [OUT.yaml [IMAGE]]
+    print(compile_component(*sys.argv[1:3]))

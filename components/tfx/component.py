@@ -38,6 +38,21 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
     is published (config ``contract``; docs/contract.md). Without one, or when
     it resolves to nothing (the first run), the report says "no baseline:
     contract not compared".
+
+    `model_blessing` (optional) is a ModelBlessing, e.g. Evaluator's
+    ``outputs["blessing"]``. As with Pusher, a model that is not blessed is not
+    exported at all.
+
+    Not publishing (not blessed, or a breaking contract change) is a verdict,
+    not a failure: the component succeeds, its output Model has no
+    Format-Serving, its custom property ``published`` is 0 and
+    ``not_published_reason`` says why, and the report shows it (with the
+    contract diff). Steps that read the model go under ``published(exporter)``,
+    as TFX gates on a blessing::
+
+        with tfx.dsl.Cond(published(exporter)):
+            evaluator = Evaluator(model=exporter.outputs["model"], ...)
+            pusher = Pusher(model=exporter.outputs["model"], ...)
     """
 
     SPEC_CLASS = spec.ModelExporterSpec
@@ -53,7 +68,8 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
                  examples: Optional[types.BaseChannel] = None,
                  module_file: Optional[str] = None,
                  module_path: Optional[str] = None,
-                 baseline_model: Optional[types.BaseChannel] = None):
+                 baseline_model: Optional[types.BaseChannel] = None,
+                 model_blessing: Optional[types.BaseChannel] = None):
         config = ExportConfig.parse(export_config)
         _check_model_channel(model)
         _check_inputs_for(config, schema, transform_graph, module_file, module_path)
@@ -63,6 +79,7 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
                spec.TRANSFORM_GRAPH_KEY: transform_graph,
                spec.EXAMPLES_KEY: examples,
                **_baseline_inputs(baseline_model),
+               spec.MODEL_BLESSING_KEY: _blessing_input(model_blessing),
                spec.EXPORT_CONFIG_KEY: config.to_json(),
                spec.MODULE_FILE_KEY: module_file,
                spec.MODULE_PATH_KEY: module_path,
@@ -73,6 +90,21 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
             # As Trainer does: the module file is packaged and module_path points to it.
             udf_utils.add_user_module_dependency(self, spec.MODULE_FILE_KEY,
                                                  spec.MODULE_PATH_KEY)
+
+
+def published(exporter: ModelExporter):
+    """The predicate for `tfx.dsl.Cond`: true when the exporter published a model."""
+    return exporter.outputs[spec.MODEL_KEY].future()[0].custom_property(
+        spec.PUBLISHED_PROPERTY) == 1
+
+
+def _blessing_input(channel: Optional[types.BaseChannel]) -> Optional[types.BaseChannel]:
+    if channel is not None and getattr(channel, "type_name", None) != \
+            standard_artifacts.ModelBlessing.TYPE_NAME:
+        raise TypeError(
+            "ModelExporter(model_blessing=...) takes a ModelBlessing channel, such as "
+            f"evaluator.outputs['blessing']; got {getattr(channel, 'type_name', channel)!r}.")
+    return channel
 
 
 def _check_model_channel(model) -> None:

@@ -12,13 +12,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from tfx import types as tfx_types
-from tfx.components.util import udf_utils
+from tfx.components.util import model_utils, udf_utils
 from tfx.dsl.components.base import base_beam_executor
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from export_archive import check, contract, examples, parity_beam, report, writer
+from export_archive import check, contract, examples, parity_beam, publish, report, writer
 from export_archive.components.tfx import spec
 from export_archive.config import ExportConfig
 
@@ -33,7 +33,15 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         config = ExportConfig.parse(exec_properties[spec.EXPORT_CONFIG_KEY])
         _register_user_module(config, exec_properties)
 
+        output_model = artifact_utils.get_single_instance(output_dict[spec.MODEL_KEY])
+        report_artifact = artifact_utils.get_single_instance(output_dict[spec.REPORT_KEY])
         trained = artifact_utils.get_single_instance(input_dict[spec.TRAINED_MODEL_KEY])
+        unblessed = _not_blessed(input_dict)
+        if unblessed:
+            # As Pusher does with a failed blessing: no model is built or published.
+            self._not_published(output_model, report_artifact, unblessed, config, trained.uri)
+            return
+
         # Where Trainer, Evaluator and Pusher look: <uri>/Format-Serving.
         model_path = path_utils.serving_model_path(trained.uri)
 
@@ -45,8 +53,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 schema_path=schema_uri, transform_graph_path=transform_uri,
                 example_files=_example_files(input_dict))
 
-        output_model = artifact_utils.get_single_instance(output_dict[spec.MODEL_KEY])
         serving_dir = path_utils.serving_model_dir(output_model.uri)
+        _remove_dead_writers_staging(output_model.uri, serving_dir)
         # The component checks by default ("check": {"enabled": false} opts out): a
         # failing check raises before Format-Serving exists, so nothing is published.
         run_check = config.check_dict.get("enabled", True)
@@ -56,11 +64,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                    example_builder=example_builder, check=run_check,
                                    baseline=baseline_dir)
         except contract.BreakingChange as e:
-            # As a failed blessing stops Pusher: the export raised before its rename,
-            # so Format-Serving does not exist and the pushed model stays the served
-            # one. One line says why; the exception carries the whole diff.
-            logging.error("ModelExporter: %s; nothing was published", e.diff.summary())
-            raise
+            # Like a failed blessing, not a failed run: the export stopped before its
+            # rename, so Format-Serving does not exist and the pushed model stays the
+            # served one. The component succeeds, so MLMD keeps the verdict and the
+            # report keeps the diff; steps gated on `published` are skipped.
+            self._not_published(output_model, report_artifact,
+                                f"contract guard: {e.diff.summary()}", config, trained.uri,
+                                contract_json=e.diff.to_json())
+            return
         if no_baseline:
             result.contract = {**contract.not_compared(), "summary": no_baseline}
         if run_check and example_builder is not None and example_builder.example_files:
@@ -73,6 +84,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 spec.SERVING_CHECK_PROPERTY,
                 "passed" if result.check_passed else "failed: " + " | ".join(failures))
 
+        output_model.set_int_custom_property(spec.PUBLISHED_PROPERTY, 1)
         output_model.set_string_custom_property(
             spec.ENDPOINTS_PROPERTY, json.dumps(result.endpoint_names))
         output_model.set_string_custom_property(
@@ -83,12 +95,26 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         logging.log(logging.WARNING if result.contract.get("breaking") else logging.INFO,
                     "ModelExporter: %s", result.contract["summary"])
 
-        report_artifact = artifact_utils.get_single_instance(output_dict[spec.REPORT_KEY])
         report.write_report(result, report_artifact.uri, spec.REPORT_JSON,
-                            spec.REPORT_MARKDOWN, spec.REPORT_HTML)
+                            spec.REPORT_MARKDOWN, spec.REPORT_HTML, config=config,
+                            source_uri=trained.uri)
         logging.info("ModelExporter wrote %s with endpoints %s", serving_dir,
                      result.endpoint_names)
 
+
+    @staticmethod
+    def _not_published(output_model, report_artifact, reason: str, config: ExportConfig,
+                       source_uri: str, contract_json: Optional[Dict[str, Any]] = None) -> None:
+        """Records why nothing was published: custom properties, one log line, the report."""
+        output_model.set_int_custom_property(spec.PUBLISHED_PROPERTY, 0)
+        output_model.set_string_custom_property(spec.NOT_PUBLISHED_PROPERTY, reason)
+        if contract_json is not None:
+            output_model.set_string_custom_property(spec.CONTRACT_PROPERTY,
+                                                    contract_json["summary"])
+        logging.warning("ModelExporter: not published: %s", reason)
+        report.write_not_published(reason, contract_json, report_artifact.uri,
+                                   spec.REPORT_JSON, spec.REPORT_MARKDOWN, spec.REPORT_HTML,
+                                   config=config, source_uri=source_uri)
 
     def _split_parity(self, result, config, model_path, schema_uri, transform_uri,
                       example_files, output_uri) -> None:
@@ -129,6 +155,34 @@ def _example_files(input_dict) -> List[str]:
     split = "eval" if "eval" in splits else splits[0]
     split_dir = artifact_utils.get_split_uri([examples_artifact], split)
     return sorted(fileio.glob(f"{split_dir}/*"))
+
+
+def _remove_dead_writers_staging(output_uri: str, serving_dir: str) -> None:
+    """Staging left by killed executions of this component, in their own output dirs.
+
+    TFX gives each execution a new output directory and never returns to a killed
+    one, so the core's clean-up (beside the path it publishes to) would never see
+    what a SIGKILLed ModelExporter left. Its siblings are those directories; a
+    staging directory whose writer is alive (a concurrent run) is left alone.
+    """
+    if "://" in output_uri:
+        return  # object stores: writes are not staged by rename there
+    executions_dir = os.path.dirname(os.path.normpath(output_uri))
+    base = os.path.basename(serving_dir)
+    for sibling in sorted(fileio.glob(os.path.join(executions_dir, "*"))):
+        publish.remove_stale_staging(sibling, base)
+
+
+def _not_blessed(input_dict) -> Optional[str]:
+    """Why the `model_blessing` input forbids publishing, or None (blessed, or no input)."""
+    blessings = input_dict.get(spec.MODEL_BLESSING_KEY) or []
+    if not blessings:
+        return None
+    blessing = artifact_utils.get_single_instance(blessings)
+    if model_utils.is_model_blessed(blessing):
+        return None
+    return (f"model_blessing: ModelBlessing {blessing.id} at {blessing.uri} is not blessed "
+            "(its `blessed` property is not 1)")
 
 
 def _baseline_dir(input_dict) -> Tuple[Optional[str], Optional[str]]:

@@ -18,6 +18,9 @@ EXAMPLES_KEY = "examples"
 # one type, so each has its own key and the constructor routes by channel type.
 BASELINE_MODEL_KEY = "baseline_model"
 BASELINE_PUSHED_MODEL_KEY = "baseline_pushed_model"
+# As for Pusher: a ModelBlessing (Evaluator's) that must say blessed, or nothing
+# is published.
+MODEL_BLESSING_KEY = "model_blessing"
 
 # Outputs.
 MODEL_KEY = "model"
@@ -41,15 +44,29 @@ SERVING_CHECK_PROPERTY = "serving_check"
 # The contract guard's one-line verdict: "contract compatible with baseline …",
 # "contract breaking …" (on_breaking: warn), or "no baseline: contract not compared".
 CONTRACT_PROPERTY = "contract"
+# Like Pusher's `pushed`: 1 when Format-Serving was written, 0 when a blessing or
+# the contract guard stopped the export; then NOT_PUBLISHED_PROPERTY says why.
+# Downstream steps are gated on it with `component.published(exporter)`.
+PUBLISHED_PROPERTY = "published"
+NOT_PUBLISHED_PROPERTY = "not_published_reason"
 
 REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
 
 
 class ExportReport(types.Artifact):
-    """What ModelExporter wrote: endpoints, specs, sizes, check results (JSON, Markdown, HTML)."""
-    # "namespace.Name": the KFP v2 / Vertex compiler accepts custom artifact types
-    # only under that form (it becomes the artifact's schema title).
-    TYPE_NAME = "export_archive.ExportReport"
+    """What ModelExporter wrote: the verdict, endpoints with call examples, checks,
+    contract diff, versions and config (report.json, report.md, report.html)."""
+    # The KFP v2 / Vertex compiler makes a custom type's TYPE_NAME its schema title,
+    # and the KFP and Vertex AI UIs render an artifact whose title is system.HTML
+    # (or system.Markdown): so the report shows in the run's UI. TFX's KFP v2
+    # container imports a custom type back from its title, which "system.HTML" is
+    # not: REPORT_TITLE_TO_CLASS_PATH maps it, registered by
+    # export_archive.components.tfx.kfp_v2_entrypoint (the container command).
+    TYPE_NAME = "system.HTML"
+
+
+# The class TFX's KFP v2 container must build for the report's schema title.
+REPORT_TITLE_TO_CLASS_PATH = {ExportReport.TYPE_NAME: f"{__name__}.ExportReport"}
 
 
 class ModelExporterSpec(component_spec.ComponentSpec):
@@ -70,6 +87,8 @@ class ModelExporterSpec(component_spec.ComponentSpec):
                                                             optional=True),
         BASELINE_PUSHED_MODEL_KEY: component_spec.ChannelParameter(
             type=standard_artifacts.PushedModel, optional=True),
+        MODEL_BLESSING_KEY: component_spec.ChannelParameter(
+            type=standard_artifacts.ModelBlessing, optional=True),
     }
     OUTPUTS = {
         MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),

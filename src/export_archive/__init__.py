@@ -16,10 +16,4 @@ def __getattr__(name):
     if name in ("export", "ExportResult"):
         from export_archive import writer
         return getattr(writer, name)
-    if name == "ExportReport":
-        # Not used by the core. TFX's KFP v2 / Vertex entrypoint rebuilds a custom
-        # artifact type by importing its type name, which the v2 compiler requires to
-        # be "<top-level module>.<Class>": "export_archive.ExportReport" must resolve.
-        from export_archive.components.tfx.spec import ExportReport
-        return ExportReport
     raise AttributeError(f"module 'export_archive' has no attribute {name!r}")

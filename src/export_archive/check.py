@@ -2,10 +2,10 @@
 
 `run_check` (used by `export`) and `check_saved_model` (the `check` CLI) drive
 `serving_contract.py` in a separate process that imports only TensorFlow and
-the TF Serving protos, and feed it one request per endpoint. The same requests
-are written as the SavedModel's warmup file, so TF Serving warms every
-endpoint at load time. The responses, computed through the TF1 session path,
-are compared with the in-memory model.
+the TF Serving protos (started ahead by `contract_process`), and feed it one
+request per endpoint. The same requests are written as the SavedModel's warmup
+file, so TF Serving warms every endpoint at load time. The responses, computed
+through the TF1 session path, are compared with the in-memory model.
 """
 
 from __future__ import annotations
@@ -13,20 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from export_archive import describe
+from export_archive import contract_process, describe
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-CONTRACT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               "serving_contract.py")
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-5, 1e-5
 SMALL_BATCH, LARGE_BATCH = 1, 64
 
@@ -205,27 +200,29 @@ def read_prediction_logs(path: str):
 
 def run_contract(export_dir: str, requests=None, latency_runs: int = 0,
                  timeout: int = 900) -> Dict[str, Any]:
-    """Runs serving_contract.py on `export_dir`; returns its results and responses."""
-    with tempfile.TemporaryDirectory(prefix="serving-check-") as tmp:
-        out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, CONTRACT_SCRIPT, export_dir, "--out", out,
-               "--latency-runs", str(latency_runs)]
+    """Runs serving_contract.py on `export_dir`; returns its results and responses.
+
+    In the process `contract_process` started ahead (by the CLI or `writer.export`),
+    whose TensorFlow import then overlapped the export; else in a new one."""
+    process = contract_process.acquire()
+    try:
+        args = {"requests": None, "responses": None}
         if requests:
-            write_prediction_logs(os.path.join(tmp, "requests.tfrecord"), requests)
-            cmd += ["--requests", os.path.join(tmp, "requests.tfrecord"),
-                    "--responses", os.path.join(tmp, "responses.tfrecord")]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        env.pop("TF_USE_LEGACY_KERAS", None)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if proc.returncode != 0 or not os.path.exists(out):
+            args = {"requests": process.path("requests.tfrecord"),
+                    "responses": process.path("responses.tfrecord")}
+            write_prediction_logs(args["requests"], requests)
+        failure = process.run(export_dir, latency_runs=latency_runs, timeout=timeout, **args)
+        if failure:
             return {"results": [{"check": "load", "endpoint": "", "passed": False,
-                                 "detail": "the serving-contract process failed: "
-                                           + proc.stderr.strip()[-1500:]}], "responses": []}
-        with open(out) as f:
+                                 "detail": failure}], "responses": []}
+        with open(process.path("result.json")) as f:
             data = json.load(f)
-        responses = os.path.join(tmp, "responses.tfrecord")
-        data["responses"] = read_prediction_logs(responses) if os.path.exists(responses) else []
+        responses = args["responses"]
+        data["responses"] = (read_prediction_logs(responses)
+                             if responses and os.path.exists(responses) else [])
         return data
+    finally:
+        process.close()
 
 
 # Where `export-archive check DIR` takes each signature's requests from, in order.

@@ -6,15 +6,18 @@
     export-archive check DIR [--json]
     export-archive diff OLD NEW [--json]
 
-Exit status: 0 ok; 1 an unexpected (internal) failure, with its traceback; 2 a
-user error (a bad config, a missing model, an existing output), as one paragraph
-without a traceback; 3 the serving check failed or the new model breaks the
+Exit status (every failure is one paragraph on stderr, without a traceback):
+0 ok; 1 the machine failed the export (disk full, file size limit) or an internal
+error, which says where to report it (`export-archive --traceback ...` adds the
+traceback); 2 the user's input cannot be used (config, model file, paths,
+permissions, flags); 3 the serving check failed or the new model breaks the
 baseline's serving contract.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -22,11 +25,14 @@ from typing import List, Optional
 
 from export_archive.config import ConfigError, ExportConfig
 
+EXIT_INTERNAL_ERROR = 1   # a bug (says where to report it), or the machine ran out of space
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 3  # the serving check failed, or a breaking contract change
-EXIT_STATUS_HELP = ("exit status: 0 ok; 1 internal error (with a traceback); 2 user error "
-                    "(bad config, missing model, output exists); 3 the serving check "
-                    "failed, or NEW breaks OLD's serving contract")
+EXIT_STATUS_HELP = ("exit status: 0 ok; 1 disk full / size limit, or an internal error "
+                    "(reported with where to file it; --traceback prints the traceback); "
+                    "2 user error (bad config, unusable model file, output path or "
+                    "permissions); 3 the serving check failed, or NEW breaks OLD's "
+                    "serving contract")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an internal error, print the Python traceback too (for "
+                             "a bug report)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     exp = sub.add_parser("export", help="export a model with the endpoints of a config")
@@ -100,14 +109,23 @@ def _user_error(message: str) -> int:
 
 
 def _cmd_export(args) -> int:
-    from export_archive import writer
-    from export_archive.sources import SourceError, resolve_model_path
-
     try:
         config = ExportConfig.parse(
             args.config if args.config.lstrip().startswith("{") else os.fspath(args.config))
     except ConfigError as e:
         return _user_error(str(e))
+    from export_archive import publish
+    try:   # an unusable --output fails here, before any process, import or load
+        publish.check_output_path(args.output)
+    except publish.OutputPathError as e:
+        return _user_error(str(e))
+    # Before our own TensorFlow import (writer, sources): the check's clean process
+    # imports TensorFlow meanwhile, instead of after the SavedModel is written.
+    from export_archive import contract_process
+    contract_process.prestart_for(config, args.check)
+    from export_archive import writer
+    from export_archive.sources import SourceError, resolve_model_path
+
     example_builder = None
     if args.schema or args.transform_graph:
         try:
@@ -123,8 +141,14 @@ def _cmd_export(args) -> int:
     try:
         result = writer.export(resolve_model_path(args.model), config, args.output,
                                overwrite=args.overwrite, example_builder=example_builder,
-                               check=args.check, baseline=args.baseline)
-    except (ConfigError, SourceError, writer.OutputExistsError, FileNotFoundError) as e:
+                               check=args.check, baseline=args.baseline,
+                               record=getattr(args, "record", None))
+    except writer.OutputWriteError as e:
+        # The machine failed the write (disk full, size limit, read-only): exit 1,
+        # but one paragraph, since the message says what to fix; not a bug report.
+        print(f"export-archive: error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, SourceError, writer.OutputError, FileNotFoundError) as e:
         return _user_error(str(e))
     except (CheckFailed, BreakingChange) as e:
         print(f"export-archive: {e}\nNothing was written to {args.output}.", file=sys.stderr)
@@ -134,6 +158,8 @@ def _cmd_export(args) -> int:
     else:
         print(f"Exported {result.flavor} model to {result.output_dir} "
               f"({result.size_bytes} bytes); serving_default -> {result.serving_default}")
+        if result.replaced_previous:
+            print(f"  replaced the previous export at {result.output_dir} (--overwrite)")
         for e in result.endpoints:
             mode = " (training mode)" if e.training else ""
             print(f"  endpoint {e.name}{mode}: inputs {e.inputs} -> outputs {e.outputs}")
@@ -156,11 +182,20 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _saved_model_dir(path: str) -> str:
+    """`path` (or its TFX artifact's Format-Serving/) if saved_model.pb is there and
+    parses; else a `SourceError` saying what is wrong (empty, truncated, missing)."""
+    from export_archive.sources import check_saved_model_proto, resolve_model_path
+    resolved = resolve_model_path(path)
+    check_saved_model_proto(resolved)
+    return resolved
+
+
 def _cmd_describe(args) -> int:
     from export_archive import describe
     from export_archive.sources import resolve_model_path
     try:
-        signatures = describe.describe(resolve_model_path(args.dir))
+        signatures = describe.describe(_saved_model_dir(args.dir))
     except (FileNotFoundError, ValueError) as e:
         return _user_error(str(e))
     alias = describe.serving_default_alias(resolve_model_path(args.dir))
@@ -174,8 +209,9 @@ def _cmd_describe(args) -> int:
 
 
 def _cmd_check(args) -> int:
+    from export_archive import contract_process
+    contract_process.prestart_for(None, True)   # overlaps our TensorFlow import (check)
     from export_archive import check
-    from export_archive.sources import resolve_model_path
 
     def error(message):
         if args.json:   # a script reading --json output must get JSON on every path
@@ -187,8 +223,10 @@ def _cmd_check(args) -> int:
             from export_archive.examples import find_example_files
             example_files = find_example_files(args.examples)
             if not example_files:
-                return error(f"--examples {args.examples}: no record files found.")
-        report = check.check_saved_model(resolve_model_path(args.dir), example_files)
+                return error(f"--examples `{args.examples}`: no record files found. fix: "
+                             "give a TFRecord file glob, a directory of them, or an "
+                             "ExampleGen Examples artifact directory.")
+        report = check.check_saved_model(_saved_model_dir(args.dir), example_files)
     except (FileNotFoundError, ValueError) as e:
         return error(str(e))
     if args.json:
@@ -200,13 +238,12 @@ def _cmd_check(args) -> int:
 
 def _cmd_diff(args) -> int:
     from export_archive import contract
-    from export_archive.sources import resolve_model_path
     try:
         from export_archive.config import _check_allow_entry
         for i, entry in enumerate(args.allow):
             _check_allow_entry(f"--allow[{i}]", entry, contract.BREAKING_KINDS,
                                contract.COMPATIBLE_KINDS)
-        old, new = (resolve_model_path(d) for d in (args.old, args.new))
+        old, new = (_saved_model_dir(d) for d in (args.old, args.new))
         diff = contract.compare(old, new, allow=args.allow, replay=not args.no_replay)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return _user_error(str(e))
@@ -218,10 +255,130 @@ def _cmd_diff(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    command = {"export": _cmd_export, "describe": _cmd_describe, "check": _cmd_check,
-               "diff": _cmd_diff}
-    return command[args.command](args)
+    from export_archive import interrupt, publish
+    record = publish.PublishRecord()   # tells an interrupted export what it did
+    try:
+        with interrupt.raising_on_signals():
+            args = _parser().parse_args(argv)
+            args.record = record
+            if args.command == "export":
+                record.output_dir = args.output
+            command = {"export": _cmd_export, "describe": _cmd_describe,
+                       "check": _cmd_check, "diff": _cmd_diff}
+            return _run(command[args.command], args)
+    except interrupt.Interrupted as e:
+        return _interrupted(e, record)
+
+
+# Where an internal error should go. No URL is configured for this distribution;
+# the line names what a useful report holds.
+REPORT_HINT = ("this is a bug in export-archive, not in your input: please report it on "
+               "the tfx-export-archive issue tracker with the command line, "
+               "`export-archive --version` and the traceback (rerun with `export-archive "
+               "--traceback ...`)")
+
+# OS errors about a path the user gave (model, config, output, examples), with the
+# fix for each. They are the user's to fix, so exit 2 like any other input error.
+_PATH_ERRNO_FIXES = {
+    errno.EACCES: "give the user running export-archive access to it (chmod/chown), or "
+                  "choose another path",
+    errno.EPERM: "give the user running export-archive access to it, or choose another "
+                 "path",
+    errno.EROFS: "choose a path on a writable filesystem",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: check the path",
+    errno.EISDIR: "the path is a directory where a file is needed: check the path",
+    errno.EEXIST: "choose a new path, or remove what is there",
+    errno.ENOTEMPTY: "choose a new path, or remove what is there",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ELOOP: "the path has a symlink loop: check the path",
+    errno.EBUSY: "the path is in use (a mount point, or held by another process): "
+                 "choose another path",
+    errno.ETXTBSY: "the path is in use by a running program: choose another path",
+}
+# The machine, not the input, ran out of something: exit 1, but one paragraph.
+_RESOURCE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM)
+
+
+def _run(command, args) -> int:
+    """Runs a sub-command, mapping every failure to one paragraph and its exit code.
+
+    2: the user's input (InputError and its ConfigError / SourceError, an output
+    path the export may not use, an OS error about a path the user gave). 1: the
+    machine ran out of space or memory, or an internal error, which is the only
+    case that says where to report it (and prints the traceback with --traceback).
+    """
+    from export_archive.config import InputError
+
+    def error(message: str, code: int) -> int:
+        if getattr(args, "json", False) and args.command == "check":
+            print(json.dumps({"passed": False, "error": message}, indent=2))
+        print(f"export-archive: error: {message}", file=sys.stderr)
+        return code
+    try:
+        try:
+            return command(args)
+        except Exception:
+            # A signal that interrupted C code can surface as an unrelated error
+            # (e.g. SystemError): then the interruption is what happened.
+            from export_archive import interrupt
+            interrupt.raise_if_received()
+            raise
+    except InputError as e:
+        return error(str(e), EXIT_USER_ERROR)
+    except (OSError, ValueError) as e:
+        mapped = _output_error(e)
+        if mapped is not None:
+            return error(*mapped)
+        if isinstance(e, OSError) and (e.errno in _PATH_ERRNO_FIXES
+                                       or e.errno in _RESOURCE_ERRNOS):
+            return error(_os_error_text(e), EXIT_USER_ERROR
+                         if e.errno in _PATH_ERRNO_FIXES else EXIT_INTERNAL_ERROR)
+        return _internal_error(e, args)
+    except Exception as e:  # pylint: disable=broad-except
+        return _internal_error(e, args)
+
+
+def _output_error(e: BaseException):
+    """The writer's own output errors (writer imports TensorFlow: only when loaded)."""
+    writer = sys.modules.get("export_archive.writer")
+    if writer is None or not isinstance(e, getattr(writer, "OutputError", ())):
+        return None
+    write_error = getattr(writer, "OutputWriteError", ())
+    return str(e), EXIT_INTERNAL_ERROR if isinstance(e, write_error) else EXIT_USER_ERROR
+
+
+def _os_error_text(e: OSError) -> str:
+    where = f" `{e.filename}`" if e.filename else ""
+    if e.errno in _RESOURCE_ERRNOS:
+        return (f"path{where}: {e.strerror} ({errno.errorcode.get(e.errno, e.errno)}); "
+                "nothing was published. fix: free space (or raise the limit) and run again.")
+    return (f"path{where}: {e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}). "
+            f"fix: {_PATH_ERRNO_FIXES[e.errno]}.")
+
+
+def _internal_error(e: BaseException, args) -> int:
+    import traceback
+    if getattr(args, "traceback", False):
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    summary = " ".join(str(e).split())
+    summary = summary if len(summary) <= 300 else summary[:297] + "..."
+    print(f"export-archive: internal error: {type(e).__name__}: {summary}\n"
+          f"export-archive: {REPORT_HINT}.", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
+
+
+def _interrupted(e, record) -> int:
+    """One line, no traceback: what the signal left behind (see interrupt.py)."""
+    record.clean_up()   # the library's finally blocks did this, unless cut short
+    if record.published():
+        print(f"export-archive: {e.name} received after the export was published: "
+              f"{record.output_dir} holds the complete new export.", file=sys.stderr)
+        return 0
+    where = (f"; nothing was published, {record.output_dir} is unchanged"
+             if record.output_dir else "")
+    print(f"export-archive: interrupted by {e.name}{where}.", file=sys.stderr)
+    return e.exit_code
 
 
 if __name__ == "__main__":

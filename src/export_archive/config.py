@@ -22,6 +22,7 @@ how to fix it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -85,16 +86,40 @@ _MODULE_ATTR_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
 _MISSING = object()
 
+# Limits on what a config may ask for. Each one keeps a hostile or mistaken
+# config from running for minutes or writing a huge SavedModel before failing:
+# every endpoint is a traced function, and every name is written into the graph
+# several times (signature key, function names, object graph).
+MAX_NAME_LENGTH = 128            # endpoint, variable collection, input/output key names
+MAX_ENDPOINTS = 256
+MAX_VARIABLE_COLLECTIONS = 256
+MAX_SPEC_LEAVES = 1024           # tensors in one endpoint's input_signature
+MAX_RANK = 32                    # dimensions of one tensor spec
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
-class ConfigError(ValueError):
-    """A problem in an export config, located by its field path."""
 
-    def __init__(self, path: str, problem: str, received: Any = _MISSING,
+class InputError(ValueError):
+    """Something a user gave (a config field, a model file, a path, a flag) cannot be used.
+
+    The message is one paragraph: where (`where`, e.g. a config field path or a
+    file), what is wrong (`problem`), what was received, what is allowed and how
+    to fix it. The CLI prints it as is and exits 2; the fields stay available to
+    callers (`.where`, `.problem`, `.received`, `.allowed`, `.fix`).
+    """
+
+    subject = "input"
+    # TensorFlow's autograph rewrites an exception raised while it traces user code
+    # into a `StagingError` holding a stack dump, unless it carries this marker. An
+    # InputError raised while an endpoint is traced (the model refusing the config's
+    # input_signature) must reach the caller as itself, one paragraph.
+    ag_pass_through = True
+
+    def __init__(self, where: str, problem: str, received: Any = _MISSING,
                  allowed: Optional[str] = None, fix: Optional[str] = None):
-        self.path = path
+        self.where = where
         self.problem = problem
         self.received, self.allowed, self.fix = received, allowed, fix
-        parts = [f"export config field `{path}`: {problem}"]
+        parts = [f"{self.subject} `{where}`: {problem}"]
         if received is not _MISSING:
             parts.append(f"received {_show(received)}")
         if allowed:
@@ -102,6 +127,16 @@ class ConfigError(ValueError):
         if fix:
             parts.append(f"fix: {fix}")
         super().__init__(". ".join(parts) + ".")
+
+
+class ConfigError(InputError):
+    """A problem in an export config, located by its field path (`.path`)."""
+
+    subject = "export config field"
+
+    @property
+    def path(self) -> str:
+        return self.where
 
 
 def _show(value: Any) -> str:
@@ -155,6 +190,10 @@ class SpecLeaf:
                     raise ConfigError(path, f"bad dimension {dim!r}", text,
                                       "non-negative integers or ?",
                                       f"write unknown sizes as ?, {example}")
+            if len(shape) > MAX_RANK:
+                raise ConfigError(path, f"rank {len(shape)} is over the limit of {MAX_RANK}",
+                                  text, f"at most {MAX_RANK} dimensions",
+                                  "reshape the input to fewer dimensions")
         return cls(dtype, tuple(shape))
 
     def __str__(self) -> str:
@@ -204,7 +243,27 @@ def parse_signature(value: Any, path: str = "input_signature") -> List[Signature
         raise ConfigError(path, "input_signature must not be empty", value,
                           "at least one positional argument",
                           "list the inputs, or omit input_signature to infer it from the model")
+    leaves = _count_leaves(value)
+    if leaves > MAX_SPEC_LEAVES:
+        raise ConfigError(path, f"input_signature has {leaves} tensor specs, over the limit "
+                          f"of {MAX_SPEC_LEAVES}", f"{leaves} specs",
+                          f"at most {MAX_SPEC_LEAVES} tensors per endpoint",
+                          "group inputs into fewer, larger tensors")
     return [_parse_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _count_leaves(value: Any) -> int:
+    # Iterative: a deeply nested value must not hit the recursion limit here.
+    count, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        else:
+            count += 1
+    return count
 
 
 # --------------------------------------------------------------------------
@@ -242,6 +301,7 @@ class _Reader:
         value = self.get(key, str, default=default, required=required)
         if value is None:
             return None
+        _check_length(_join(self.path, key), value)
         if not _NAME_RE.match(value):
             raise ConfigError(_join(self.path, key), "not a valid name", value,
                               "a letter followed by letters, digits or _ (it becomes a "
@@ -256,6 +316,14 @@ class _Reader:
                 raise ConfigError(f"{_join(self.path, key)}[{i}]", "must be a non-empty string",
                                   v, "strings", "write each entry as a string")
         return tuple(values)
+
+
+def _check_length(path: str, name: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(path, f"name is {len(name)} characters long, over the limit of "
+                          f"{MAX_NAME_LENGTH}", name, f"at most {MAX_NAME_LENGTH} characters",
+                          "use a shorter name (it becomes a signature key that clients "
+                          "type, and is written into the graph several times)")
 
 
 def _kind_name(kind: type) -> str:
@@ -367,6 +435,8 @@ class EndpointConfig:
             if not output_keys:
                 raise ConfigError(_join(path, "output_keys"), "must not be empty", [],
                                   "one key per output", "list the keys, or omit the field")
+            for i, key in enumerate(output_keys):
+                _check_length(f"{_join(path, 'output_keys')}[{i}]", key)
             dup = _first_duplicate(output_keys)
             if dup is not None:
                 raise ConfigError(_join(path, "output_keys"), "duplicate output key", dup,
@@ -386,6 +456,7 @@ class EndpointConfig:
                                   list(input_keys), "one distinct name per input tensor",
                                   "list the names, or omit the field")
             for i, key in enumerate(input_keys):
+                _check_length(f"{_join(path, 'input_keys')}[{i}]", key)
                 if not _NAME_RE.match(key):
                     raise ConfigError(f"{_join(path, 'input_keys')}[{i}]", "not a valid "
                                       "input name", key, "a letter followed by letters, "
@@ -541,14 +612,20 @@ class ExportConfig:
 
     @classmethod
     def _from_text(cls, text: str) -> "ExportConfig":
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError("<root>", f"the config is {len(text)} characters long, over "
+                              f"the limit of {MAX_CONFIG_BYTES}", f"{len(text)} characters",
+                              f"at most {MAX_CONFIG_BYTES} characters",
+                              "check that the right file was given")
         try:
-            source = json.loads(text)
+            source = json.loads(text, object_pairs_hook=_KeyedObject.from_pairs)
         except json.JSONDecodeError as e:
             raise ConfigError("<root>", f"not valid JSON ({e.msg} at line {e.lineno} "
                               f"column {e.colno})", text,
                               "a JSON object", "fix the JSON syntax") from None
         except RecursionError:
             raise _too_deep() from None
+        _refuse_duplicate_keys(source)
         return cls._from_json_checked(source)
 
     @classmethod
@@ -562,7 +639,8 @@ class ExportConfig:
     def _from_file(cls, path: str) -> "ExportConfig":
         try:
             with open(path, encoding="utf-8") as f:
-                text = f.read()
+                # One character more than the limit is enough to refuse it.
+                text = f.read(MAX_CONFIG_BYTES + 1)
         except (OSError, ValueError) as e:  # ValueError: NUL in the path, or not UTF-8
             raise ConfigError("<file>", "cannot read config file "
                               f"({getattr(e, 'strerror', None) or e})", path,
@@ -582,6 +660,10 @@ class ExportConfig:
             raise ConfigError("endpoints", "at least one endpoint is required", [],
                               "a non-empty array of endpoints",
                               'add e.g. {"name": "serve"}')
+        # Checked before any endpoint is read: each endpoint costs a trace at export.
+        _check_count("endpoints", raw_endpoints, MAX_ENDPOINTS, "endpoints")
+        _check_count("variable_collections", r.obj.get("variable_collections"),
+                     MAX_VARIABLE_COLLECTIONS, "variable collections")
         endpoints = tuple(EndpointConfig.from_json(e, f"endpoints[{i}]")
                           for i, e in enumerate(raw_endpoints))
         collections = tuple(
@@ -671,6 +753,53 @@ class ExportConfig:
     @property
     def contract_dict(self) -> Dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.contract}
+
+
+class _KeyedObject(dict):
+    """A parsed JSON object that remembers the first key it saw twice.
+
+    `json.loads` keeps the last value of a repeated key; a config where
+    `"name"` or `"input_signature"` appears twice would then silently mean
+    something other than what its first reader saw.
+    """
+
+    duplicate: Optional[str] = None
+
+    @classmethod
+    def from_pairs(cls, pairs) -> "_KeyedObject":
+        obj = cls()
+        for key, value in pairs:
+            if key in obj and obj.duplicate is None:
+                obj.duplicate = key
+            obj[key] = value
+        return obj
+
+
+def _refuse_duplicate_keys(value: Any) -> None:
+    # Iterative, outermost first, so the reported path is the shallowest repeat.
+    queue = collections.deque([("", value)])
+    while queue:
+        path, node = queue.popleft()
+        if isinstance(node, _KeyedObject) and node.duplicate is not None:
+            key = node.duplicate
+            raise ConfigError(_join(path, key), f"key {key!r} appears more than once in "
+                              f"the same object{' (the root)' if not path else ''}", key,
+                              "each key once per object",
+                              "remove the repeated key, keeping the value you mean "
+                              "(JSON parsers disagree on which one wins)")
+        if isinstance(node, dict):
+            queue.extend((_join(path, str(k)), v) for k, v in node.items())
+        elif isinstance(node, list):
+            queue.extend((f"{path}[{i}]" if path else f"[{i}]", v)
+                         for i, v in enumerate(node))
+
+
+def _check_count(path: str, values: Any, limit: int, what: str) -> None:
+    if isinstance(values, list) and len(values) > limit:
+        raise ConfigError(path, f"{len(values)} {what}, over the limit of {limit}",
+                          f"{len(values)} {what}", f"at most {limit} {what}",
+                          f"split the export, or serve fewer {what} from one model "
+                          "(TF Serving loads every signature of a SavedModel)")
 
 
 def _too_deep() -> ConfigError:

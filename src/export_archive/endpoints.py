@@ -7,13 +7,13 @@ takes. Kinds other than plain features (``tf_example``, ``raw_features``) are bu
 
 from __future__ import annotations
 
-import importlib
+import functools
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from export_archive.config import SPEC_KINDS, ConfigError, EndpointConfig, SpecLeaf
-from export_archive.sources import ModelSource
+from export_archive.config import SPEC_KINDS, ConfigError, EndpointConfig, InputError, SpecLeaf
+from export_archive.sources import ModelSource, error_summary, import_user_module
 
 
 def leaf_to_tensor_spec(leaf: SpecLeaf, name: Optional[str] = None) -> tf.TensorSpec:
@@ -47,13 +47,18 @@ def build(endpoint: EndpointConfig, source: ModelSource, where: str,
                               "a schema (--schema / schema=) or transform graph "
                               "(--transform-graph / transform_graph=)",
                               "pass the Schema or TransformGraph artifact to the exporter")
-        fn, signature = example_builder(endpoint, source, where)
+        fn, signature = _spec_endpoint(example_builder, endpoint, source, where)
     elif endpoint.is_call:
         fn = source.call_fn(endpoint.training, where)
-        signature = (_named_like_model(signature_to_tensor_specs(endpoint.input_signature),
-                                       source)
-                     if endpoint.input_signature is not None
-                     else source.infer_input_signature(where))
+        if endpoint.input_signature is not None:
+            expected = _model_inputs(source)
+            signature = _named_like_model(
+                signature_to_tensor_specs(endpoint.input_signature), expected)
+            _refuse_unconvertible_dtypes(signature, expected, f"{where}.input_signature")
+            fn = _refusing_unrunnable_signature(fn, signature, expected,
+                                                f"{where}.input_signature")
+        else:
+            signature = source.infer_input_signature(where)
     elif endpoint.signature_name is not None:
         fn, signature = _signature_endpoint(endpoint, source, where)
     else:
@@ -65,15 +70,54 @@ def build(endpoint: EndpointConfig, source: ModelSource, where: str,
     return fn, signature
 
 
-def _named_like_model(signature, source: ModelSource):
+class FeatureSpecError(InputError):
+    """The Schema or Transform graph given for tf_example / raw_features endpoints
+    cannot be read."""
+
+    subject = "feature spec input"
+
+
+def _spec_endpoint(example_builder, endpoint, source, where):
+    """Builds a tf_example / raw_features endpoint, blaming an unreadable Schema or
+    Transform graph on the path the user gave, not on this program."""
+    from google.protobuf import message, text_format
+    # The builder reads the Schema / Transform graph lazily; read it here, first,
+    # so the errors below can only come from those files.
+    try:
+        example_builder.raw_feature_spec()
+    except InputError:
+        raise
+    except (text_format.ParseError, message.DecodeError, OSError, ValueError, KeyError,
+            tf.errors.OpError) as e:
+        transform = getattr(example_builder, "transform_graph_path", None)
+        path = transform or getattr(example_builder, "schema_path", None) or "?"
+        what = ("a Transform graph (a Transform artifact directory with "
+                "transform_fn/ and transformed_metadata/)" if transform else
+                "a Schema (a SchemaGen artifact directory holding schema.pbtxt, or a "
+                ".pbtxt file)")
+        raise FeatureSpecError(
+            path, f"cannot be read as {what.split(' (')[0]} ({type(e).__name__}: "
+            f"{error_summary(e)})", allowed=what,
+            fix="give the TFX artifact's directory as --transform-graph / --schema "
+                "(transform_graph= / schema= in Python), or regenerate it") from None
+    return example_builder(endpoint, source, where)
+
+
+def _model_inputs(source: ModelSource) -> Optional[List[Any]]:
+    """The model's own input signature, or None where it cannot be known (e.g. a
+    subclassed model never called): then only tracing can judge a given one."""
+    try:
+        return source.infer_input_signature("")
+    except ConfigError:
+        return None
+
+
+def _named_like_model(signature, inferred: Optional[List[Any]]):
     """Unnamed single-tensor arguments of a config's input_signature take the names of
     the model's Inputs at the same positions (else TF names them args_0, args_1, ...)."""
-    if not any(isinstance(s, tf.TensorSpec) and s.name is None for s in signature):
+    if inferred is None or not any(isinstance(s, tf.TensorSpec) and s.name is None
+                                   for s in signature):
         return signature
-    try:
-        inferred = source.infer_input_signature("")
-    except ConfigError:
-        return signature   # e.g. a subclassed model never called: keep TF's names
     named = []
     for i, spec in enumerate(signature):
         model_spec = inferred[i] if i < len(inferred) else None
@@ -82,6 +126,75 @@ def _named_like_model(signature, source: ModelSource):
             spec = tf.TensorSpec(spec.shape, spec.dtype, name=model_spec.name)
         named.append(spec)
     return named
+
+
+def _spec_text(specs) -> str:
+    """A signature as the config writes it: ["float32[?,3]", {"x": "int64[?]"}]."""
+    def text(node):
+        if isinstance(node, (list, tuple)):
+            return "[" + ", ".join(text(n) for n in node) + "]"
+        if isinstance(node, dict):
+            return "{" + ", ".join(f'"{k}": {text(v)}' for k, v in node.items()) + "}"
+        if isinstance(node, tf.TensorSpec):
+            return f'"{tensor_spec_to_leaf(node)}"'
+        return type(node).__name__
+    return text(list(specs))
+
+
+def _refuse_unconvertible_dtypes(given, expected, path: str) -> None:
+    """Refuses a string tensor for a numeric model input, or the reverse.
+
+    Keras casts an input to its Input's dtype inside the graph, so such a
+    signature traces and exports, and every request then fails with "Cast string
+    to float is not supported". Numeric-to-numeric casts run, so they pass.
+    """
+    if expected is None:
+        return
+    try:
+        tf.nest.assert_same_structure(list(given), list(expected), check_types=False)
+    except (TypeError, ValueError):
+        return   # a structure mismatch: tracing reports it (_refusing_unrunnable_signature)
+    for got, want in zip(tf.nest.flatten(list(given)), tf.nest.flatten(list(expected))):
+        if not (isinstance(got, tf.TensorSpec) and isinstance(want, tf.TensorSpec)):
+            continue
+        if (got.dtype == tf.string) != (want.dtype == tf.string):
+            name = f" {want.name!r}" if want.name else ""
+            raise ConfigError(
+                path, f"the model's input{name} is {want.dtype.name}, and a "
+                f"{got.dtype.name} tensor cannot be converted to it (TensorFlow has no "
+                f"cast between strings and numbers, so every request would fail)",
+                _spec_text(given), f"the model's inputs: {_spec_text(expected)}",
+                "give the model's dtype, or omit input_signature to use the model's own "
+                "(for serialized tf.Examples use \"kind\": \"tf_example\")")
+
+
+def _refusing_unrunnable_signature(fn, given, expected, path: str):
+    """`fn`, raising a `ConfigError` when the model refuses `given` while traced.
+
+    The archive traces each endpoint with its signature; the model's own error
+    ("multiple values for argument 'training'", "expected shape=(None, 3)") names
+    neither the config field nor the model's inputs. Only errors of the call itself
+    (TypeError/ValueError while tracing) are translated; anything else propagates.
+    """
+    def explained(*args):
+        try:
+            return fn(*args)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            count = ""
+            if expected is not None and len(given) != len(expected):
+                count = (f"input_signature lists {len(given)} argument(s) but the model "
+                         f"takes {len(expected)}; ")
+            raise ConfigError(
+                path, f"the model cannot be called with this input signature ({count}the "
+                f"model said: {error_summary(e)})", _spec_text(given),
+                f"the model's inputs: {_spec_text(expected)}" if expected is not None
+                else "the inputs the model was built for (number of arguments, rank, "
+                "sizes, dtypes)",
+                "match the model's inputs, or omit input_signature to use the model's "
+                "own") from None
+    return explained
 
 
 def _with_input_keys(signature, keys, where):
@@ -116,18 +229,24 @@ def _signature_endpoint(endpoint, source, where):
 def _factory_endpoint(endpoint, source, where):
     module_name, attr = endpoint.factory
     path = f"{where}.fn"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(path, f"cannot import module {module_name!r} ({e})", endpoint.fn,
-                          "an importable module (module_file / PYTHONPATH)",
-                          "install or ship the module, or fix the name") from None
+    module = import_user_module(module_name, path, endpoint.fn)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(path, f"module {module_name!r} has no callable {attr!r}",
                           endpoint.fn, "a function taking the model",
                           f"define `def {attr}(model): ...` in {module_name}")
-    made = factory(source.obj)
+    try:
+        made = factory(source.obj)
+    except InputError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        # A user factory that fails is the user's code failing, not this program:
+        # one paragraph naming the factory, not our traceback.
+        raise ConfigError(path, f"the factory {endpoint.fn} raised {type(e).__name__}: "
+                          f"{error_summary(e)}", endpoint.fn,
+                          "a factory that takes the model and returns a function",
+                          f"fix {attr} in {module_name} (call it on the model in Python "
+                          "to see the traceback)") from None
     signature = None
     if isinstance(made, tuple) and len(made) == 2:
         made, signature = made
@@ -146,7 +265,27 @@ def _factory_endpoint(endpoint, source, where):
                           "(callable, input_signature)", "give input_signature in the config")
     # A tf.function passed with a signature would be wrapped again; use its Python function.
     python_fn = getattr(made, "python_function", made)
-    return python_fn, list(signature)
+    return _explaining_trace_errors(python_fn, endpoint.fn, path), list(signature)
+
+
+def _explaining_trace_errors(fn, factory: str, path: str):
+    """The factory's function, raising a `ConfigError` when it fails while the
+    archive traces it: the user's function failing is not an internal error."""
+    @functools.wraps(fn)   # TF names signature inputs after fn's parameters
+    def explained(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            raise ConfigError(path, f"the function made by {factory} failed while traced "
+                              f"with its input signature ({type(e).__name__}: "
+                              f"{error_summary(e)})", factory,
+                              "a function that traces with the endpoint's input signature",
+                              "fix the function, or give the input_signature it expects "
+                              "(call it under tf.function in Python to see the "
+                              "traceback)") from None
+    return explained
 
 
 def _traced_signature(fn) -> Optional[List[Any]]:

@@ -24,10 +24,11 @@ Records travel in blocks of `ParityJob.block_size` (the handlers are used
 what the model needs per record (~1-6 us), so one element per record could
 never keep up with the model. tf_example endpoints get the serialized records;
 feature endpoints get the parsed features (transformed when a Transform graph
-is given), computed once per block by a traced function on the in-memory side
-and fed to both sides. The comparison streams: each block is reduced to counts,
-max differences and at most `max_reported` mismatching examples before the
-combine, so memory does not grow with the split.
+is given), computed once per block on the in-memory side, in the same traced
+function that runs all its endpoints, and fed to both sides. The comparison
+streams: each block is reduced to counts, max differences and at most
+`max_reported` mismatching examples before the combine, so memory does not grow
+with the split.
 
 Results: one report row per endpoint (`run`), and Beam metrics in namespace
 `METRICS_NAMESPACE` (`<endpoint>/examples`, `<endpoint>/mismatches`,
@@ -82,21 +83,26 @@ class ParityJob:
 class RecordBlock:
     """Consecutive records of one file: the unit both models run on.
 
-    Between steps the records travel packed, as one bytes buffer and their
-    lengths: a block then pickles as two objects, not one per record (in a
-    profile of 200k records, pickling per-record objects for the Reshuffle took
-    0.6 s against 1.1 s for the served model). `records`, the per-record array a
-    session is fed, is rebuilt in TensorFlow after the shuffle.
+    In the process that read it, a block holds the records as the string tensor
+    tf.data produced (`tensor`), which the in-memory side runs on as it is. When
+    Beam pickles it (a Reshuffle, a runner's data plane), the records travel
+    packed, as one bytes buffer and their lengths: a block then pickles as two
+    objects, not one per record (in a profile of 200k records, pickling
+    per-record objects for the Reshuffle took 0.6 s against 1.1 s for the served
+    model), and the tensor is rebuilt from them on the other side. Packing only
+    then spares the in-process runners a join and a split per block.
     `len()` is the number of records, so RunInference's own metrics
     (`num_inferences`, `inference_batch_latency_micro_secs`) count examples.
     The in-memory side fills `feeds` (the inputs of feature endpoints) and
     `expected` (its outputs); both then travel with the block to the served side.
     """
-    __slots__ = ("source", "start", "data", "lengths", "_records", "feeds", "expected",
-                 "skipped")
+    __slots__ = ("source", "start", "data", "lengths", "_tensor", "_records", "feeds",
+                 "expected", "skipped")
 
-    def __init__(self, source: str, start: int, data: bytes, lengths: np.ndarray):
-        self.source, self.start, self.data, self.lengths = source, start, data, lengths
+    def __init__(self, source: str, start: int, lengths: np.ndarray,
+                 data: Optional[bytes] = None, tensor=None):
+        self.source, self.start, self.lengths = source, start, lengths
+        self.data, self._tensor = data, tensor   # one of them: see the class docstring
         self._records: Optional[np.ndarray] = None
         self.feeds: Dict[str, Dict[str, np.ndarray]] = {}
         self.expected: Dict[str, Dict[str, np.ndarray]] = {}
@@ -106,9 +112,11 @@ class RecordBlock:
         return len(self.lengths)
 
     def records_tensor(self):
-        import tensorflow as tf
-        offsets = np.cumsum(self.lengths) - self.lengths
-        return tf.strings.substr(tf.constant(self.data), offsets, self.lengths)
+        if self._tensor is None:
+            import tensorflow as tf
+            offsets = np.cumsum(self.lengths) - self.lengths
+            self._tensor = tf.strings.substr(tf.constant(self.data), offsets, self.lengths)
+        return self._tensor
 
     @property
     def records(self) -> np.ndarray:
@@ -118,11 +126,15 @@ class RecordBlock:
         return self._records
 
     def __getstate__(self):
-        # `_records` is rebuilt from `data` on the other side of a shuffle.
-        return {k: getattr(self, k) for k in self.__slots__ if k != "_records"}
+        if self.data is None:
+            import tensorflow as tf
+            self.data = tf.strings.reduce_join(self._tensor).numpy()
+        # The tensor and `_records` are rebuilt from `data` on the other side.
+        return {k: getattr(self, k) for k in self.__slots__
+                if k not in ("_tensor", "_records")}
 
     def __setstate__(self, state):
-        self._records = None
+        self._tensor = self._records = None
         for k, v in state.items():
             setattr(self, k, v)
 
@@ -147,11 +159,13 @@ class ReadRecordBlocks(beam.DoFn):
         import tensorflow as tf
         compression = "GZIP" if path.endswith(".gz") else None
         dataset = tf.data.TFRecordDataset(path, compression_type=compression)
-        packed = dataset.batch(self.block_size).map(
-            lambda batch: (tf.strings.reduce_join(batch), tf.strings.length(batch)))
+        # prefetch: tf.data's threads decompress and frame the next blocks while
+        # this thread runs the models on the current one. (No dataset.map: it
+        # would trace a function for every file.)
         start = 0
-        for data, lengths in packed.as_numpy_iterator():
-            yield RecordBlock(path, start, data, lengths.astype(np.int64))
+        for batch in dataset.batch(self.block_size).prefetch(2):
+            lengths = tf.strings.length(batch).numpy().astype(np.int64)
+            yield RecordBlock(path, start, lengths, tensor=batch)
             start += len(lengths)
 
 
@@ -181,7 +195,7 @@ class _BlockHandler(ModelHandler):
 
     def get_num_bytes(self, batch: RecordBlock) -> int:
         # The default pickles the whole batch just to measure it.
-        return len(batch.data)
+        return int(batch.lengths.sum())
 
     def get_metrics_namespace(self) -> str:
         return f"{METRICS_NAMESPACE}.{self.side}"
@@ -237,34 +251,51 @@ class _InMemoryModel:
                 wanted[e.name] = {SERVED: served, IN_MEMORY: memory}
         self.features_fn = (_features_fn(builder, wanted, self.raw_input)
                             if wanted else None)
+        self.run_all = self._run_all_fn()
+
+    def _run_all_fn(self):
+        """One traced function: records -> (served-side feeds, every endpoint's outputs).
+
+        One call per block instead of one per endpoint plus the parse: fewer trips
+        between Python and TensorFlow, and TensorFlow may run independent endpoints
+        side by side on the block.
+        """
+        import tensorflow as tf
+        features_fn, fns = self.features_fn, {
+            name: fn for name, fn in self.fns.items() if name not in self.skipped}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+        def run_all(records):
+            served_feeds, memory_feeds = {}, {}
+            if features_fn is not None:
+                features = features_fn(records)
+                # The served side gets the same features, shaped as its signature says.
+                served_feeds = {name: f[SERVED] for name, f in features.items()}
+                memory_feeds = {name: f[IN_MEMORY] for name, f in features.items()}
+            outputs = {}
+            for name, fn in fns.items():
+                if self.kinds[name] == "tf_example":
+                    result = fn(records)
+                else:
+                    feeds = memory_feeds[name]
+                    style = self.call_style[name]
+                    result = (fn(feeds) if style == "dict" else
+                              fn(*[feeds[k] for k in style]))
+                if not isinstance(result, dict):
+                    result = {f"output_{i}": o for i, o in enumerate(tf.nest.flatten(result))}
+                outputs[name] = result
+            return served_feeds, outputs
+        return run_all
 
     def run(self, block: RecordBlock) -> Dict[str, Dict[str, np.ndarray]]:
-        import tensorflow as tf
         block.skipped = self.skipped
         records = block.records_tensor()
         block._records = records.numpy()   # what the served side feeds
-        memory_feeds = {}
-        if self.features_fn is not None:
-            features = self.features_fn(records)
-            # The served side gets the same features, shaped as its signature says.
-            block.feeds = {name: {k: v.numpy() for k, v in f[SERVED].items()}
-                           for name, f in features.items()}
-            memory_feeds = {name: f[IN_MEMORY] for name, f in features.items()}
-        outputs = {}
-        for name, fn in self.fns.items():
-            if name in self.skipped:
-                continue
-            if self.kinds[name] == "tf_example":
-                result = fn(records)
-            else:
-                feeds = memory_feeds[name]
-                style = self.call_style[name]
-                result = (fn(feeds) if style == "dict" else
-                          fn(*[feeds[k] for k in style]))
-            if not isinstance(result, dict):
-                result = {f"output_{i}": o for i, o in enumerate(tf.nest.flatten(result))}
-            outputs[name] = {k: v.numpy() for k, v in result.items()}
-        return outputs
+        served_feeds, outputs = self.run_all(records)
+        block.feeds = {name: {k: v.numpy() for k, v in f.items()}
+                       for name, f in served_feeds.items()}
+        return {name: {k: v.numpy() for k, v in result.items()}
+                for name, result in outputs.items()}
 
 
 def _call_specs(fn, served: Dict[str, Any]):
@@ -302,7 +333,9 @@ def _features_fn(builder, wanted, raw_input):
     layer = (builder.tft_output.transform_features_layer()
              if builder.tft_output is not None and needs_transform else None)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    # autograph=False: plain Python over fixed dicts, nothing to convert (converting
+    # cost seconds of the first block).
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def features(records):
         raw = tf.io.parse_example(records, spec)
         transformed = layer(raw) if layer is not None else raw

@@ -10,6 +10,18 @@ inference); those, in MODEL_SERVER_OP_LIBRARIES, are loaded here too.
 
     python serving_contract.py EXPORT_DIR --requests REQ.tfrecord --out RESULT.json
         [--responses RESP.tfrecord] [--latency-runs N]
+    python serving_contract.py --job-from-stdin
+
+With `--job-from-stdin` the process is started before the export exists
+(`contract_process.py`): it imports TensorFlow and loads the op libraries while
+the exporter loads, traces and writes the model, then reads one JSON line
+{"export_dir", "requests", "responses", "out", "latency_runs"} from stdin. Stdin
+is its lifeline: end of file before a job means no check is wanted (it exits 0);
+end of file during the job means the exporter died, and it exits at once rather
+than run on as an orphan. The CLI may instead fork this module's process from
+its own, right after importing TensorFlow with Keras blocked and before
+anything else (`serve_one_job` on a pipe): the same modules, without a second
+TensorFlow import.
 
 What it does, in TF Serving's order:
 1. every op in the `serve` MetaGraph (and its function library) is registered;
@@ -28,6 +40,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 
 # `import tensorflow` imports Keras eagerly when it is installed (tensorflow/__init__.py,
@@ -50,6 +63,8 @@ CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 # TensorProto cannot carry these in a PredictResponse.
 UNSERVABLE_DTYPES = {types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, types_pb2.DT_INVALID}
+# Set in a process forked from the CLI (contract_process): the modules it inherited.
+INHERITED_MODULES = frozenset()
 
 
 def result(check, passed, detail="", endpoint=""):
@@ -219,6 +234,9 @@ def feeds_for(log, sig, graph):
 def run_requests(sess, meta_graph, logs, latency_runs):
     out, responses = [], []
     graph = sess.graph
+    # Latency samples by (fed tensors and their shapes, fetched tensors): an alias
+    # (serving_default for `serve`) runs the very same graph, so it is timed once.
+    timed = {}
     for log in logs:
         kind = log.WhichOneof("log_type")
         name = getattr(log, kind).request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -232,11 +250,16 @@ def run_requests(sess, meta_graph, logs, latency_runs):
             feed = feeds_for(log, sig, graph)
             first = sess.run(fetches, feed)
             second = sess.run(fetches, feed)
-            times = []
-            for _ in range(latency_runs):
-                start = time.perf_counter()
-                sess.run(fetches, feed)
-                times.append(time.perf_counter() - start)
+            same_graph = (tuple(sorted((t.name, getattr(v, "shape", len(v)))
+                                       for t, v in feed.items())),
+                          tuple(t.name for t in fetches))
+            times = timed.get(same_graph)
+            if times is None:
+                times = timed[same_graph] = []
+                for _ in range(latency_runs):
+                    start = time.perf_counter()
+                    sess.run(fetches, feed)
+                    times.append(time.perf_counter() - start)
         except Exception as e:  # pylint: disable=broad-except  # reported per endpoint
             out.append(result("run", False, f"{type(e).__name__}: {str(e)[:500]}", name))
             continue
@@ -244,7 +267,7 @@ def run_requests(sess, meta_graph, logs, latency_runs):
         deterministic = all(
             (a == b).all() if a.dtype.kind in "OSUb" else
             bool(((a == b) | ((a != a) & (b != b))).all()) for a, b in zip(first, second))
-        times.sort()
+        times = sorted(times)
         detail = {"batch": batch, "deterministic": deterministic}
         if times:
             detail.update({"p50_ms": 1000 * times[len(times) // 2],
@@ -259,22 +282,15 @@ def run_requests(sess, meta_graph, logs, latency_runs):
     return out, responses
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("export_dir")
-    parser.add_argument("--requests")
-    parser.add_argument("--responses")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--latency-runs", type=int, default=0)
-    args = parser.parse_args(argv)
-
+def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
+          op_libraries=()):
+    """Every contract check on `export_dir`; the results JSON goes to `out`."""
     results = []
-    op_libraries = load_model_server_op_libraries()
-    meta_graph = read_meta_graph(args.export_dir)
+    meta_graph = read_meta_graph(export_dir)
     ops = check_ops(meta_graph, op_libraries)
     results.append(ops)
     results += check_signatures(meta_graph)
-    warmup = check_warmup(args.export_dir)
+    warmup = check_warmup(export_dir)
     if warmup:
         results.append(warmup)
     responses = []
@@ -282,25 +298,72 @@ def main(argv=None):
         graph = tf.Graph()
         with tf.compat.v1.Session(graph=graph) as sess:
             try:
-                loaded = tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], args.export_dir)
+                loaded = tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], export_dir)
                 results.append(result("load", True, "TF1 loader, tag 'serve'"))
             except Exception as e:  # pylint: disable=broad-except  # reported as a failure
                 loaded = None
                 results.append(result("load", False, f"{type(e).__name__}: {str(e)[:500]}"))
-            if loaded is not None and args.requests:
+            if loaded is not None and requests:
                 run_results, responses = run_requests(
-                    sess, loaded, read_prediction_logs(args.requests), args.latency_runs)
+                    sess, loaded, read_prediction_logs(requests), latency_runs)
                 results += run_results
-    if args.responses:
-        with tf.io.TFRecordWriter(args.responses) as writer:
+    if responses_path:
+        with tf.io.TFRecordWriter(responses_path) as writer:
             for log in responses:
                 writer.write(log.SerializeToString())
+    # Keras or TF Text anywhere, or the exporter's own modules (but for the pure-Python
+    # ones a forked process inherited from the CLI: argument and config parsing).
     foreign = sorted(m for m, module in sys.modules.items()
-                     if module is not None and m.split(".")[0] in (
-                         "keras", "tf_keras", "tensorflow_text", "export_archive"))
-    with open(args.out, "w") as f:
+                     if module is not None and m not in INHERITED_MODULES
+                     and m.split(".")[0] in ("keras", "tf_keras", "tensorflow_text",
+                                             "export_archive"))
+    # Written whole, then renamed: the exporter never reads a half-written result.
+    with open(out + ".part", "w") as f:
         json.dump({"results": results, "foreign_modules": foreign}, f)
-    return 0
+    os.replace(out + ".part", out)
+
+
+def serve_one_job(pipe, op_libraries):
+    """Reads one job line from `pipe` (the exporter holds its other end) and runs it.
+    End of file before a job: nothing to do. End of file during it: the exporter
+    is gone, and so is this process."""
+    line = pipe.readline()
+    if not line.strip():
+        return 0
+    job = json.loads(line)
+    threading.Thread(target=_exit_when_closed, args=(pipe,), daemon=True).start()
+    check(job["export_dir"], job["out"], job.get("requests"), job.get("responses"),
+          job.get("latency_runs", 0), op_libraries)
+    # Exit here: the watchdog thread is blocked reading `pipe`, and closing it at
+    # interpreter shutdown would wait for that read (or abort) until the exporter
+    # closes its end, which it does only once this process has exited.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access
+
+
+def _exit_when_closed(pipe):
+    pipe.read()
+    os._exit(3)  # pylint: disable=protected-access  # no cleanup owed to a dead parent
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("export_dir", nargs="?")
+    parser.add_argument("--requests")
+    parser.add_argument("--responses")
+    parser.add_argument("--out")
+    parser.add_argument("--latency-runs", type=int, default=0)
+    parser.add_argument("--job-from-stdin", action="store_true")
+    args = parser.parse_args(argv)
+    op_libraries = load_model_server_op_libraries()
+    if not args.job_from_stdin:
+        if not args.export_dir or not args.out:
+            parser.error("EXPORT_DIR and --out are required without --job-from-stdin")
+        check(args.export_dir, args.out, args.requests, args.responses, args.latency_runs,
+              op_libraries)
+        return 0
+    return serve_one_job(sys.stdin, op_libraries)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,21 @@ from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
-from export_archive.config import ConfigError, ExportConfig, VariableCollectionConfig
+from export_archive.config import ConfigError, ExportConfig, InputError, VariableCollectionConfig
 
 KERAS3, TF_KERAS, SAVED_MODEL = "keras3", "tf_keras", "saved_model"
 KERAS_FILE_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
-class SourceError(ValueError):
-    """The model (or what it was asked for) cannot be used as configured."""
+class SourceError(InputError):
+    """The model (or what it was asked for) cannot be used as configured.
+
+    `.where` is the model's path (or ``<in-memory>``); the message says what is
+    wrong with it, what was found, what a loader accepts and how to fix it.
+    """
+
+    subject = "model"
 
 
 def _is_keras3(obj: Any) -> bool:
@@ -63,9 +69,11 @@ class ModelSource:
         if isinstance(model, tf.Module) or isinstance(model, tf.__internal__.tracking.AutoTrackable):
             return cls(model, SAVED_MODEL)
         raise SourceError(
-            f"Cannot export an object of type {type(model).__name__}: expected a Keras 3 "
-            "model or layer, a tf_keras model, a tf.Module, or a path to a .keras file, "
-            "an .h5 file or a SavedModel directory.")
+            "<in-memory>", f"cannot export an object of type {type(model).__name__}",
+            type(model).__name__, "a Keras 3 model or layer, a tf_keras model, a tf.Module, "
+            "or a path to a .keras file, an .h5 file or a SavedModel directory",
+            "pass the trained model (expected a Keras 3 model, a tf_keras model or a "
+            "tf.Module) or its path")
 
     # ---- what the archive tracks
 
@@ -75,8 +83,8 @@ class ModelSource:
     def check_built(self) -> None:
         if self.flavor in (KERAS3, TF_KERAS) and not self.obj.built:
             raise SourceError(
-                f"The model {self.name!r} has not been built: call it on a batch or "
-                "build it with its input shape before exporting.")
+                self.origin, f"the model {self.name!r} has not been built",
+                fix="call it on a batch, or build it with its input shape, before exporting")
 
     @property
     def name(self) -> str:
@@ -316,12 +324,28 @@ def _has_training_trace(fn: Any, value: bool) -> bool:
 def import_modules(config: ExportConfig) -> None:
     """Imports the config's `import_modules` (custom layers register themselves there)."""
     for i, name in enumerate(config.import_modules):
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"import_modules[{i}]", f"cannot import module ({e})", name,
-                              "modules importable in this environment",
-                              "install the package or fix PYTHONPATH") from None
+        import_user_module(name, f"import_modules[{i}]", name)
+
+
+def import_user_module(name: str, path: str, received: Any):
+    """Imports a module the config names (`import_modules`, a factory's module).
+
+    Its failure is the user's, not this program's: a `ConfigError` at `path`,
+    with what the import raised, instead of our traceback.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(path, f"cannot import module {name!r} ({e})", received,
+                          "modules importable in this environment (module_file / "
+                          "PYTHONPATH)", "install or ship the module, or fix the "
+                          "name") from None
+    except Exception as e:  # pylint: disable=broad-except
+        raise ConfigError(path, f"importing module {name!r} raised {type(e).__name__}: "
+                          f"{error_summary(e)}", received,
+                          "a module that imports without error",
+                          f'fix the module (`python -c "import {name}"` shows the '
+                          "traceback)") from None
 
 
 def resolve_model_path(path: str) -> str:
@@ -331,50 +355,312 @@ def resolve_model_path(path: str) -> str:
     return serving if tf.io.gfile.isdir(serving) else path
 
 
+MODEL_KINDS = ("a .keras file (Keras 3), an .h5 file (Keras 2), a SavedModel directory, "
+               "or a directory holding exactly one of those (a TFX Model artifact: its "
+               "Format-Serving/)")
+
+
 def find_model_file(path: str) -> str:
     """Resolves a path to the model inside it: the path itself, or a single model file in a directory."""
     if not tf.io.gfile.isdir(path):
         return path
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    candidates = [n for n in tf.io.gfile.listdir(path)
-                  if n.endswith(KERAS_FILE_SUFFIXES + H5_SUFFIXES)]
+    names = _listdir(path)
+    candidates = [n for n in names if n.endswith(KERAS_FILE_SUFFIXES + H5_SUFFIXES)]
     if len(candidates) == 1:
         return os.path.join(path, candidates[0])
-    looked_for = ("saved_model.pb, or exactly one *.keras / *.h5 file")
-    found = ", ".join(sorted(tf.io.gfile.listdir(path))[:20]) or "(empty directory)"
-    raise SourceError(f"No model found in {path}: looked for {looked_for}; found: {found}.")
+    looked_for = "saved_model.pb, or exactly one *.keras / *.h5 file"
+    found = ", ".join(sorted(names)[:20]) or "(empty directory)"
+    raise SourceError(path, f"no model found: looked for {looked_for}", found,
+                      MODEL_KINDS, "point --model / model= at the model itself"
+                      if len(candidates) > 1 else "give the directory the Trainer wrote "
+                      "its model to (Format-Serving/), or the model file")
+
+
+def _listdir(path: str) -> List[str]:
+    try:
+        return tf.io.gfile.listdir(path)
+    except (tf.errors.OpError, OSError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, error: BaseException) -> SourceError:
+    reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    return SourceError(path, f"cannot be read ({error_summary(reason)})",
+                       fix="make it readable by the user running the export (e.g. chmod "
+                           "a+r, or run as its owner)")
+
+
+def error_summary(error: Any) -> str:
+    """The informative first line of an error message, without Keras's and
+    autograph's wrapping ("Exception encountered when calling ...", "in user
+    code:", stack lines) or terminal colour codes, at most 300 characters."""
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    if lines and lines[0].startswith("in user code"):
+        lines = lines[-1:]   # autograph: the stack first, the error last
+    lines = [l for l in lines if not l.startswith(("Exception encountered", "File ",
+                                                   "Arguments received", "•"))] or lines
+    text = lines[0] if lines else type(error).__name__
+    text = text.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# How to get a good copy of each format, for the `fix` of a corrupt file.
+_RESAVE = {
+    KERAS3: "re-save the model with model.save(\"model.keras\") under Keras 3, or copy "
+            "it again if a transfer was cut short",
+    TF_KERAS: "re-save the model with model.save(\"model.h5\") under tf_keras (Keras 2), "
+              "or copy it again if a transfer was cut short",
+    SAVED_MODEL: "re-export the SavedModel (tf.saved_model.save / model.export), or copy "
+                 "the whole directory again if a transfer was cut short",
+}
+
+
+def _read_head(path: str, size: int) -> bytes:
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read(size)
+    except (tf.errors.OpError, OSError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _check_file(path: str, flavor: str) -> None:
+    """Refuses an unreadable or empty model file before a loader misreports it
+    (Keras says "File not found" for both)."""
+    head = _read_head(path, 8)
+    if not head:
+        raise SourceError(path, "is empty (0 bytes)", allowed=MODEL_KINDS,
+                          fix=_RESAVE[flavor])
+
+
+def _check_keras_file(path: str) -> None:
+    import zipfile
+    _check_file(path, KERAS3)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise SourceError(path, "is not a readable zip archive, so not a .keras file (it is "
+                          f"truncated, or another format: {error_summary(e)})",
+                          f"{tf.io.gfile.stat(path).length} bytes",
+                          "a Keras 3 .keras zip holding config.json and model.weights.h5",
+                          _RESAVE[KERAS3] + "; a Keras 2 model saved in HDF5 needs the "
+                          ".h5 suffix") from None
+    if "config.json" not in names:
+        raise SourceError(path, "the .keras zip has no config.json, so the model's "
+                          "architecture is missing", sorted(names)[:10],
+                          "a Keras 3 .keras zip holding config.json and model.weights.h5",
+                          _RESAVE[KERAS3])
+    if not names & {"model.weights.h5", "model.weights.npz"}:
+        raise SourceError(path, "the .keras zip has no model.weights.h5, so the weights "
+                          "are missing", sorted(names)[:10],
+                          "a Keras 3 .keras zip holding config.json and model.weights.h5",
+                          _RESAVE[KERAS3])
+
+
+def _check_h5_file(path: str) -> None:
+    _check_file(path, TF_KERAS)
+    # Every HDF5 file starts with this signature (at offset 0 unless it has a user
+    # block, which Keras never writes). h5py's own error is "file signature not found".
+    if _read_head(path, 8) != b"\x89HDF\r\n\x1a\n":
+        raise SourceError(path, "is not an HDF5 file (no HDF5 signature at its start)",
+                          f"{tf.io.gfile.stat(path).length} bytes",
+                          "a Keras 2 model saved with model.save(\"model.h5\")",
+                          _RESAVE[TF_KERAS] + "; a Keras 3 model needs the .keras suffix")
+
+
+def _check_saved_model_dir(path: str) -> None:
+    """The parts of a SavedModel that the loader misreports: saved_model.pb that
+    is empty, truncated or not a SavedModel proto (OSError "Cannot parse file"), or
+    one without MetaGraphs (a complaint about `tags=`)."""
+    check_saved_model_proto(path)
+
+
+def check_saved_model_proto(path: str):
+    """Reads `path`/saved_model.pb, or raises `SourceError` saying what is wrong
+    with it. Used by `describe`, `check` and `diff` before they read it too."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+    if not tf.io.gfile.exists(path):
+        raise SourceError(path, "does not exist", allowed="a SavedModel directory (or a TFX "
+                          "Model artifact directory)", fix="check the path")
+    if not tf.io.gfile.isdir(path):
+        raise SourceError(path, "is a file, not a SavedModel directory",
+                          allowed="a directory holding saved_model.pb and variables/",
+                          fix="give the directory that holds saved_model.pb")
+    pb = os.path.join(path, "saved_model.pb")
+    if not tf.io.gfile.exists(pb):
+        if tf.io.gfile.exists(os.path.join(path, "saved_model.pbtxt")):
+            return None   # text format: rare, and the loader reads it
+        raise SourceError(path, "is not a SavedModel directory: saved_model.pb is missing",
+                          ", ".join(sorted(_listdir(path))[:20]) or "(empty directory)",
+                          "a directory holding saved_model.pb and variables/",
+                          "give the SavedModel directory itself (for a TFX Model "
+                          "artifact, its root or Format-Serving/)")
+    try:
+        with tf.io.gfile.GFile(pb, "rb") as f:
+            data = f.read()
+    except (tf.errors.OpError, OSError) as e:
+        raise _unreadable(pb, e) from None
+    if not data:
+        raise SourceError(pb, "is empty (0 bytes)", allowed="a SavedModel proto",
+                          fix=_RESAVE[SAVED_MODEL])
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise SourceError(pb, f"is corrupt or truncated: it does not parse as a SavedModel "
+                          f"proto ({error_summary(e)})", f"{len(data)} bytes",
+                          "a complete saved_model.pb", _RESAVE[SAVED_MODEL]) from None
+    if not proto.meta_graphs:
+        raise SourceError(pb, "holds no MetaGraph (it parses, but is not a SavedModel "
+                          "written by TensorFlow, or is truncated)", f"{len(data)} bytes",
+                          "a SavedModel with a MetaGraph tagged `serve`",
+                          _RESAVE[SAVED_MODEL])
+    return proto
 
 
 def load(path: str, config: ExportConfig) -> ModelSource:
-    """Loads a model from a path (see module docstring for what is understood)."""
+    """Loads a model from a path (see module docstring for what is understood).
+
+    Everything wrong with the file (empty, truncated, unreadable, another format,
+    corrupt variables, unsafe or unregistered layers) raises `SourceError` naming
+    the file, what was found and how to get a good copy; none of it is a traceback.
+    """
     if not tf.io.gfile.exists(path):
-        raise SourceError(f"Model path {path} does not exist.")
+        raise SourceError(path, "does not exist", allowed=MODEL_KINDS,
+                          fix="check the path (a TFX Trainer writes its model to the "
+                              "Model artifact's Format-Serving/)")
     import_modules(config)
     model_path = find_model_file(path)
     safe_mode = not config.allow_unsafe_deserialization
+    if model_path.endswith(KERAS_FILE_SUFFIXES):
+        flavor = KERAS3
+        _check_keras_file(model_path)
+    elif model_path.endswith(H5_SUFFIXES):
+        flavor = TF_KERAS
+        _check_h5_file(model_path)
+    elif tf.io.gfile.isdir(model_path):
+        flavor = SAVED_MODEL
+        _check_saved_model_dir(model_path)
+    else:
+        raise SourceError(model_path, "is not a model: a file without a .keras, .h5 or "
+                          ".hdf5 suffix", os.path.basename(model_path), MODEL_KINDS,
+                          "give the model file or SavedModel directory (rename a Keras "
+                          "file to its format's suffix)")
+    keras2_dir = flavor == SAVED_MODEL and tf.io.gfile.exists(
+        os.path.join(model_path, "keras_metadata.pb"))
+    if safe_mode and (flavor == TF_KERAS or keras2_dir):
+        _refuse_python_bytecode(model_path)
     try:
-        if model_path.endswith(KERAS_FILE_SUFFIXES):
+        if flavor == KERAS3:
             import keras
             model = keras.saving.load_model(model_path, safe_mode=safe_mode)
             return ModelSource(model, KERAS3, model_path)
-        if model_path.endswith(H5_SUFFIXES):
+        if flavor == TF_KERAS or keras2_dir:
             import tf_keras
             model = tf_keras.models.load_model(model_path, safe_mode=safe_mode)
-            return ModelSource(model, TF_KERAS, model_path)
-        if tf.io.gfile.exists(os.path.join(model_path, "keras_metadata.pb")):
-            import tf_keras
-            model = tf_keras.models.load_model(model_path, safe_mode=safe_mode)
+            if not _is_tf_keras(model):
+                # A damaged keras_metadata.pb can parse partly: tf_keras then revives
+                # a plain object without the model's layers or call.
+                raise SourceError(
+                    model_path, "keras_metadata.pb is damaged: tf_keras restored a "
+                    f"{type(model).__name__}, not a Keras model", allowed="a complete "
+                    "Keras 2 SavedModel", fix=_RESAVE[SAVED_MODEL] + "; or delete "
+                    "keras_metadata.pb to export it as a plain SavedModel")
             return ModelSource(model, TF_KERAS, model_path)
         return ModelSource(tf.saved_model.load(model_path), SAVED_MODEL, model_path)
     except ValueError as e:
         if "safe_mode" in str(e) or "unsafe" in str(e).lower():
             raise SourceError(
-                f"Loading {model_path} needs unsafe deserialization ({e}). If you trust "
-                "this model, set \"allow_unsafe_deserialization\": true in the export "
-                "config.") from None
-        raise SourceError(f"Cannot load the model at {model_path}: {e}") from None
+                model_path, "loading it needs unsafe deserialization: it holds Python code "
+                f"(a Lambda layer or function) that would run while loading ({error_summary(e)})",
+                fix="if you trust this model, set \"allow_unsafe_deserialization\": true "
+                    "in the export config") from None
+        raise _cannot_load(model_path, flavor, e) from None
     except TypeError as e:
         raise SourceError(
-            f"Cannot load the model at {model_path}: {e}. If it uses custom layers, list "
-            "the module that registers them in \"import_modules\".") from None
+            model_path, f"cannot be loaded: {error_summary(e)}",
+            fix="if it uses custom layers, list the module that registers them in "
+                "\"import_modules\"") from None
+    except (OSError, KeyError, EOFError, RuntimeError, tf.errors.OpError) as e:
+        # What a damaged file makes the loaders raise: h5py/zip OSError and KeyError,
+        # TensorFlow's DataLossError (corrupt variables) and FileNotFoundError (missing
+        # variables/), protobuf's parse errors. The file is at fault, not this program.
+        raise _cannot_load(model_path, flavor, e) from None
+
+
+def _refuse_python_bytecode(model_path: str) -> None:
+    """Refuses a Keras 2 model holding a Lambda layer's Python bytecode.
+
+    tf_keras 2.16 honours `safe_mode` only for `.keras` files: from an `.h5` file
+    or a Keras 2 SavedModel it unmarshals a Lambda layer's function and runs it
+    while rebuilding the model, whatever `safe_mode` says (tests/faults/
+    test_safe_mode.py shows the marker file it writes). So the model config is
+    read here first, and such a layer needs the same opt-in as in a .keras file.
+    Configs that cannot be read are left to the loader, which reports them.
+    """
+    for config in _tf_keras_configs(model_path):
+        for layer in _walk_dicts(config):
+            lambda_fields = [k for k in ("function_type", "output_shape_type")
+                             if layer.get(k) == "lambda"]
+            if lambda_fields:
+                name = layer.get("name") or (layer.get("config") or {}).get("name")
+                raise SourceError(
+                    model_path, f"loading it would run Python code: the Lambda layer "
+                    f"{name!r} holds Python bytecode ({lambda_fields[0]}: lambda), which "
+                    "tf_keras executes while loading an .h5 file or Keras 2 SavedModel, "
+                    "even in safe mode", allowed="models without Python bytecode, unless "
+                    "the config opts in",
+                    fix="if you trust this model, set \"allow_unsafe_deserialization\": "
+                        "true in the export config; otherwise replace the Lambda layer by a "
+                        "registered custom layer (see \"import_modules\")")
+
+
+def _tf_keras_configs(model_path: str) -> List[Any]:
+    import json
+    try:
+        if model_path.endswith(H5_SUFFIXES):
+            import h5py
+            with tf.io.gfile.GFile(model_path, "rb") as f, h5py.File(f, "r") as h5:
+                raw = h5.attrs.get("model_config")
+            raw = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            return [json.loads(raw)] if raw else []
+        from tf_keras.protobuf import saved_metadata_pb2
+        metadata = saved_metadata_pb2.SavedMetadata()
+        with tf.io.gfile.GFile(os.path.join(model_path, "keras_metadata.pb"), "rb") as f:
+            metadata.ParseFromString(f.read())
+        return [json.loads(node.metadata) for node in metadata.nodes if node.metadata]
+    except Exception:  # pylint: disable=broad-except
+        return []   # unreadable: the loader's own error says so (see `load`)
+
+
+def _walk_dicts(value: Any):
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _cannot_load(model_path: str, flavor: str, error: BaseException) -> SourceError:
+    text = error_summary(error)
+    if flavor == SAVED_MODEL or tf.io.gfile.isdir(model_path):
+        if "TensorSliceReader" in text or "variables" in text.lower():
+            problem = "its variables are missing or incomplete (variables/ must hold " \
+                      "variables.index and every variables.data-* shard)"
+        elif isinstance(error, tf.errors.OpError):
+            problem = "its variables are corrupt"
+        else:
+            problem = "cannot be loaded"
+        return SourceError(model_path, f"{problem}: {type(error).__name__}: {text}",
+                           allowed="a complete SavedModel", fix=_RESAVE[SAVED_MODEL])
+    hint = ("; if it uses custom layers, list the module that registers them in "
+            "\"import_modules\"" if "deserialize" in text or "Unknown" in text else "")
+    return SourceError(model_path, f"cannot be loaded: it is damaged or not a model of "
+                       f"its format ({type(error).__name__}: {text})",
+                       fix=_RESAVE[flavor] + hint)

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
+import resource
 import shutil
 import tempfile
-import uuid
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import tensorflow as tf
 from absl import logging
 
-from export_archive import archive, contract, describe, endpoints
+from export_archive import (archive, contract, contract_process, describe, endpoints,
+                            publish)
 from export_archive.config import ExportConfig
+# The output errors live with the publish primitives (no TensorFlow there, so the CLI
+# can check an output path before importing it); re-exported here as before.
+from export_archive.publish import (OutputError, OutputExistsError,  # noqa: F401
+                                    OutputPathError, OutputWriteError,
+                                    check_output_path)
 from export_archive.sources import ModelSource
-
-
-class OutputExistsError(FileExistsError):
-    pass
 
 
 @dataclasses.dataclass
@@ -47,6 +51,8 @@ class ExportResult:
     # The contract guard's verdict (`contract.ContractDiff.to_json()`), or
     # `contract.not_compared()` when no baseline was given.
     contract: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # True when `overwrite` replaced a previous export (it is gone now).
+    replaced_previous: bool = False
 
     @property
     def endpoint_names(self) -> List[str]:
@@ -117,7 +123,8 @@ def build_archive(source: ModelSource, config: ExportConfig,
 
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
            overwrite: bool = False, example_builder: Optional[Callable] = None,
-           check: Optional[bool] = None, baseline: Optional[str] = None) -> ExportResult:
+           check: Optional[bool] = None, baseline: Optional[str] = None,
+           record: Optional[publish.PublishRecord] = None) -> ExportResult:
     """Exports `model` as a SavedModel with the endpoints `config` describes.
 
     Args:
@@ -125,7 +132,9 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
         a ``.keras`` file, an ``.h5`` file or a SavedModel directory.
       config: an `ExportConfig`, a dict, JSON text or a JSON file path.
       output_dir: where the SavedModel goes (``output_dir/saved_model.pb``).
-      overwrite: replace a non-empty `output_dir` (otherwise refused).
+      overwrite: replace an existing export at `output_dir` (otherwise refused).
+        Only a SavedModel directory or an empty directory is replaced; a file or
+        any other directory is refused.
       example_builder: builds ``kind: tf_example`` endpoints (see `examples`).
       check: run the serving check (TF Serving's contract, parity with the model,
         warmup file) before the export becomes visible. None: run it when the
@@ -135,24 +144,31 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
         a breaking change not in ``contract.allow`` raises `contract.BreakingChange`
         before anything is published (``contract.on_breaking: fail``, the
         default) or is reported in the result (``warn``).
+      record: a `publish.PublishRecord` that tells a caller interrupted at any
+        point (e.g. by a signal) whether this export was published.
 
-    The SavedModel is written to a sibling temporary directory and renamed into
-    place, so a failed or killed export never leaves a half-written model at
-    `output_dir`.
+    The SavedModel is written to a sibling staging directory, fsynced and published
+    by one atomic rename (an atomic exchange when overwriting), so a failed or
+    killed export never leaves a half-written model at `output_dir`, and readers
+    never find the path empty. Staging directories that killed writers left
+    behind are removed by the next export to the same path.
     """
     config = ExportConfig.parse(config)
     output_dir = os.fspath(output_dir)
+    check_output_path(output_dir)
     _refuse_existing(output_dir, overwrite)
     if baseline is not None:
         baseline = _baseline_dir(os.fspath(baseline))
+    # The check's clean TF process starts now: its TensorFlow import overlaps the
+    # model load, trace and write below (a no-op if the CLI started it already).
+    run_check = contract_process.prestart_for(config, check)
     source = ModelSource.wrap(model, config)
     built = build_archive(source, config, example_builder)
     options = tf.saved_model.SaveOptions(**config.save_options_dict)
     serving_default = config.serving_default_name
     method_names = dict(getattr(example_builder, "method_names", {}))
     options_check = config.check_dict
-    run_check = options_check.get("enabled", bool(options_check)) if check is None else check
-    reports, diffs = [], []
+    reports, diffs, staged = [], [], []
     options_contract = config.contract_dict
 
     def write(path):
@@ -177,11 +193,16 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
             if not report.passed and options_check.get("mode", "fail") == "fail":
                 from export_archive.check import CheckFailed
                 raise CheckFailed(report)
+        # Described here, not after publishing: by then a concurrent --overwrite
+        # writer may have replaced it, and the result must describe this export.
+        staged.append(_result(path, source, config, built.variable_collections))
 
-    _write_atomically(output_dir, write)
+    replaced = _write_atomically(output_dir, write, overwrite=overwrite, record=record,
+                                 variables_bytes=lambda: _variables_bytes(built))
     logging.info("Exported %s model to %s with endpoints %s (serving_default=%s)",
                  source.flavor, output_dir, [e.name for e in config.endpoints], serving_default)
-    result = _result(output_dir, source, config, built.variable_collections)
+    result = staged[0]
+    result.output_dir, result.replaced_previous = output_dir, replaced
     if reports:
         result.checks, result.check_passed = reports[0].results, reports[0].passed
         if not reports[0].passed:
@@ -248,40 +269,155 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+# Failures of the machine, not of the export: they get one paragraph naming the
+# path and the space needed, never a TensorFlow traceback.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def _refuse_existing(output_dir: str, overwrite: bool) -> None:
-    if overwrite or not tf.io.gfile.exists(output_dir):
+    if not tf.io.gfile.exists(output_dir):
         return
-    if not tf.io.gfile.isdir(output_dir):
-        raise OutputExistsError(f"Output path {output_dir} exists and is not a directory.")
-    if tf.io.gfile.listdir(output_dir):
+    if _is_remote(output_dir):
+        if not overwrite and tf.io.gfile.listdir(output_dir):
+            raise OutputExistsError(
+                f"Output directory {output_dir} is not empty. Choose a new directory, or "
+                "pass overwrite=True (CLI: --overwrite) to replace its contents.")
+        return
+    if overwrite:
+        _refuse_unreplaceable(output_dir)
+    elif not os.path.isdir(output_dir):
+        raise OutputExistsError(
+            f"Output path {output_dir} exists and is not a directory. Choose another "
+            "path; --overwrite replaces only a SavedModel directory, never a file.")
+    elif os.listdir(output_dir):
         raise OutputExistsError(
             f"Output directory {output_dir} is not empty. Choose a new directory, or pass "
             "overwrite=True (CLI: --overwrite) to replace its contents.")
 
 
-def _write_atomically(output_dir: str, write: Callable[[str], None]) -> None:
+def _refuse_unreplaceable(output_dir: str) -> None:
+    """`overwrite` replaces an export, never other data: only a directory holding a
+    SavedModel, or an empty one. Anything else stays untouched and is refused."""
+    if os.path.isdir(output_dir) and not os.path.islink(output_dir):
+        names = os.listdir(output_dir)
+        if not names or {"saved_model.pb", "saved_model.pbtxt"} & set(names):
+            return
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        what = f"a directory holding no SavedModel ({shown})"
+    elif os.path.islink(output_dir):
+        what = f"a symbolic link to {os.readlink(output_dir)}"
+    else:
+        what = "a file"
+    raise OutputExistsError(
+        f"--overwrite (overwrite=True) refused: {output_dir} is {what}. It replaces only a "
+        "directory that holds a SavedModel (saved_model.pb) or an empty one, so nothing "
+        "else can be lost. Nothing was changed. fix: choose another --output, or move "
+        f"{output_dir} away yourself.")
+
+
+def _write_atomically(output_dir: str, write: Callable[[str], None], *,
+                      overwrite: bool = False,
+                      record: Optional[publish.PublishRecord] = None,
+                      variables_bytes: Callable[[], int] = lambda: 0) -> bool:
+    """Writes through `write(staging)` and publishes; True if it replaced an export."""
     if _is_remote(output_dir):
         _write_remote(output_dir, write)
-        return
+        return False
     parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    base = os.path.basename(os.path.abspath(output_dir))
-    staging = os.path.join(parent, f".{base}.tmp-{token}")
+    with contextlib.ExitStack() as stack:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            staging = stack.enter_context(publish.Staging(output_dir, record))
+        except OSError as e:
+            code = _environment_errno(e)
+            if code is None:
+                raise
+            raise OutputWriteError(code, (
+                f"could not create the staging directory for {output_dir} in {parent}: "
+                f"{os.strerror(code)}. fix: choose another --output, or free space in / "
+                f"make writable {parent}. Nothing was published.")) from e
+        try:
+            write(staging.path)
+            publish.fsync_tree(staging.path)
+        except Exception as e:
+            code = _environment_errno(e)
+            if code is None:
+                raise
+            raise OutputWriteError(code, _write_error_message(
+                output_dir, staging.path, code, variables_bytes)) from e
+        replaced = _publish(staging.path, output_dir, overwrite)
+        # After an exchange the staging path holds the previous export, which
+        # Staging's exit removes; the parent's fsync makes the rename durable.
+        publish.fsync_dir(parent)
+        return replaced
+
+
+def _publish(staging: str, output_dir: str, overwrite: bool) -> bool:
     try:
-        write(staging)
-        if os.path.exists(output_dir):
-            # Move the old export aside first: a rename is the only step a reader
-            # (TF Serving, Pusher) can observe, and it sees old or new, never a mix.
-            retired = os.path.join(parent, f".{base}.old-{token}")
-            os.rename(output_dir, retired)
-            os.rename(staging, output_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, output_dir)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+        return publish.publish(staging, output_dir, overwrite, _refuse_unreplaceable)
+    except OutputError:
+        raise
+    except FileExistsError:
+        raise OutputExistsError(
+            f"Output directory {output_dir} was filled by another writer while this "
+            "export was being written; that export was kept and this one was not "
+            "published. Choose a new directory, or pass overwrite=True (CLI: "
+            "--overwrite) to replace it.") from None
+
+
+def _environment_errno(error: BaseException) -> Optional[int]:
+    """The errno of a full disk, size limit or read-only filesystem behind `error`
+    (an OSError, or a TensorFlow error that only carries its message)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+            return error.errno
+        if isinstance(error, tf.errors.OpError):
+            for code in _ENVIRONMENT_ERRNOS:
+                if os.strerror(code) in (error.message or ""):
+                    return code
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _write_error_message(output_dir: str, staging: str, code: int,
+                         variables_bytes: Callable[[], int]) -> str:
+    written = sum(os.path.getsize(os.path.join(d, f))
+                  for d, _, files in os.walk(staging) for f in files
+                  if os.path.isfile(os.path.join(d, f)))
+    variables = variables_bytes()
+    needed = max(written, variables)
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    head = (f"could not write the export for {output_dir} (staged in {staging}): "
+            f"{os.strerror(code)}. It needs at least {needed} bytes (the model's variables "
+            f"alone are {variables} bytes; {written} bytes were written before the "
+            "failure).")
+    if code == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        shown = "unlimited" if limit == resource.RLIM_INFINITY else f"{limit} bytes"
+        fix = (f"The file size limit (ulimit -f) is {shown}. fix: raise it, e.g. "
+               "`ulimit -f unlimited`, and run again.")
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        stat = os.statvfs(parent)
+        fix = (f"{stat.f_bavail * stat.f_frsize} bytes are free on the filesystem of "
+               f"{parent}. fix: free space there, or choose an --output on a filesystem "
+               "with room.")
+    else:
+        fix = f"fix: make {parent} writable, or choose another --output."
+    return (f"{head} {fix} Nothing was published: {output_dir} is as it was before, and "
+            "the staging directory was removed.")
+
+
+def _variables_bytes(built: BuiltArchive) -> int:
+    total = 0
+    for variable in getattr(built.archive, "variables", None) or []:
+        variable = archive.unwrap_variable(variable)
+        try:
+            total += variable.shape.num_elements() * variable.dtype.size
+        except (AttributeError, TypeError):
+            continue   # not a tf.Variable with a known shape: leave it out
+    return total
 
 
 def _write_remote(output_dir: str, write: Callable[[str], None]) -> None:

@@ -8,6 +8,7 @@ the Trainer come from the TFX cache and each later run costs one export.
 """
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -28,15 +29,30 @@ def config(factory):
         {"name": "serve_named", "fn": f"helpers.contract_endpoints:{factory}"}]}
 
 
-def run(root, factory):
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """One pipeline root and store for the module: later tests reuse the cached
+    ExampleGen ... Trainer of the first and only pay for the steps after them."""
+    return str(tmp_path_factory.mktemp("contract_e2e"))
+
+
+def make_pipeline(root, export_config, **options):
     from tfx import v1 as tfx
     from export_archive.pipelines import pipeline
-    tfx.orchestration.LocalDagRunner().run(pipeline.create_pipeline(
+    return pipeline.create_pipeline(
         pipeline_name=NAME, pipeline_root=os.path.join(root, "pipeline"),
-        serving_model_dir=os.path.join(root, "serving"), export_config=config(factory),
-        train_steps=5, eval_steps=2, contract_baseline=True,
+        serving_model_dir=os.path.join(root, "serving"), export_config=export_config,
+        train_steps=5, eval_steps=2, modules_from_package=True,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.join(root, "metadata.sqlite"))))
+            os.path.join(root, "metadata.sqlite")), **options)
+
+
+def run(root, factory):
+    from tfx import v1 as tfx
+    # The main job's flow, Evaluator included (it must be skipped with Pusher when
+    # nothing is published); any accuracy passes: this test is about the contract.
+    tfx.orchestration.LocalDagRunner().run(
+        make_pipeline(root, config(factory), contract_baseline=True, min_accuracy=0.0))
 
 
 def pushed_versions(root):
@@ -65,26 +81,42 @@ def executions(root, component):
 def exported_models(root):
     from export_archive.components.tfx import spec
     models = [a for a in store(root).get_artifacts_by_type("Model")
-              if spec.CONTRACT_PROPERTY in a.custom_properties]
+              if spec.PUBLISHED_PROPERTY in a.custom_properties]
     return sorted(models, key=lambda a: a.id)
 
 
-def test_breaking_retrain_is_stopped_before_pusher_and_compatible_one_pushed(tmp_path):
+def latest_report(root, component="ModelExporter"):
+    report_dirs = sorted(glob.glob(os.path.join(root, "pipeline", component, "report", "*")),
+                         key=lambda p: int(os.path.basename(p)))
+    return report_dirs[-1]
+
+
+def test_breaking_retrain_is_stopped_before_pusher_and_compatible_one_pushed(root):
     from export_archive.components.tfx import spec
     from export_archive.pipelines import local_runner
-    root = str(tmp_path)
 
     run(root, "v1")
     [first] = pushed_versions(root)
     [model1] = exported_models(root)
     assert model1.custom_properties[spec.CONTRACT_PROPERTY].string_value == contract.NO_BASELINE
+    assert model1.custom_properties[spec.PUBLISHED_PROPERTY].int_value == 1
 
-    with pytest.raises(contract.BreakingChange) as err:
-        run(root, "renamed_input")
-    assert "input_renamed:serve_named/inputs/island" in str(err.value)
+    # Like a failed blessing: the run succeeds, nothing is published, and the
+    # steps after ModelExporter (under Cond(published)) are skipped.
+    run(root, "renamed_input")
     assert pushed_versions(root) == [first]  # the old model is still the pushed one
-    assert executions(root, "ModelExporter")[-1] == "FAILED"
+    assert executions(root, "ModelExporter")[-1] == "COMPLETE"
     assert len(executions(root, "Pusher")) == 1  # Pusher never ran for it
+    assert len(executions(root, "Evaluator")) == 1  # nor Evaluator
+    stopped = exported_models(root)[-1]
+    assert stopped.custom_properties[spec.PUBLISHED_PROPERTY].int_value == 0
+    reason = stopped.custom_properties[spec.NOT_PUBLISHED_PROPERTY].string_value
+    assert reason.startswith("contract guard: contract breaking"), reason
+    assert not os.path.exists(os.path.join(stopped.uri, "Format-Serving"))
+    with open(os.path.join(latest_report(root), "report.md")) as f:
+        stopped_report = f.read()
+    assert "Not published" in stopped_report
+    assert "`serve_named/inputs/island`" in stopped_report  # the diff, row by row
 
     run(root, "added_output")
     versions = pushed_versions(root)
@@ -95,9 +127,7 @@ def test_breaking_retrain_is_stopped_before_pusher_and_compatible_one_pushed(tmp
     # warmup requests (written by run 1's serving check) were replayed.
     assert "Pusher/pushed_model" in summary and "warmup request(s) replayed" in summary
     assert local_runner.contract_summary(os.path.join(root, "metadata.sqlite")) == summary
-    report_dir = sorted(glob.glob(os.path.join(root, "pipeline", "ModelExporter", "report",
-                                                "*")), key=lambda p: int(os.path.basename(p)))
-    with open(os.path.join(report_dir[-1], "report.md")) as f:
+    with open(os.path.join(latest_report(root), "report.md")) as f:
         assert "| output_added | `serve_named/outputs/probabilities` |" in f.read()
 
     # The pushed model answers old clients (v1's keys) and new ones.
@@ -146,3 +176,65 @@ def test_baseline_model_takes_a_model_or_a_pushed_model_channel():
     directory, why = executor._baseline_dir({spec.BASELINE_PUSHED_MODEL_KEY: [pushed]})
     assert directory is None and why.startswith(contract.NO_BASELINE)
     assert executor._baseline_dir({}) == (None, contract.NO_BASELINE)
+
+
+def blessing_gated_pipeline(root, min_accuracy):
+    """The main job's flow (ModelExporter -> Evaluator -> Pusher) plus a second
+    ModelExporter that takes the Trainer's model and the Evaluator's blessing:
+    the pattern of a pipeline whose Evaluator decides whether to export at all."""
+    from tfx import v1 as tfx
+    from export_archive.components import ModelExporter
+    candidate = make_pipeline(root, config("v1"), min_accuracy=min_accuracy)
+    nodes = {c.id: c for c in candidate.components}
+    gated = ModelExporter(
+        model=nodes["Trainer"].outputs["model"],
+        transform_graph=nodes["Transform"].outputs["transform_graph"],
+        export_config={"endpoints": [{"name": "serving_default", "kind": "tf_example",
+                                      "transform": True, "exclude_features": ["species"]}]},
+        model_blessing=nodes["Evaluator"].outputs["blessing"]).with_id("GatedExporter")
+    return tfx.dsl.Pipeline(
+        pipeline_name=candidate.pipeline_info.pipeline_name,
+        pipeline_root=candidate.pipeline_info.pipeline_root,
+        components=candidate.components + [gated], enable_cache=True,
+        metadata_connection_config=candidate.metadata_connection_config,
+        beam_pipeline_args=candidate.beam_pipeline_args)
+
+
+# The gated pipeline re-uses the nodes create_pipeline built (already registered
+# with its Pipeline); TFX warns, and compiles them as given.
+@pytest.mark.filterwarnings("ignore:Component .* is not found from the registry")
+def test_model_blessing_gates_the_export_both_ways(root):
+    """Evaluator (real TFMA thresholds) blesses, then does not: the gated export is
+    published, then not, with the reason in ML Metadata and the report."""
+    from tfx import v1 as tfx
+    from export_archive.components.tfx import spec
+
+    def gated_models():
+        metadata = store(root)
+        [context] = [c for c in metadata.get_contexts_by_type("node")
+                     if c.name.endswith(".GatedExporter")]
+        models = [a for a in metadata.get_artifacts_by_context(context.id)
+                  if a.type == "Model" and spec.PUBLISHED_PROPERTY in a.custom_properties]
+        return sorted(models, key=lambda a: a.id)
+
+    def blessings():
+        return sorted(store(root).get_artifacts_by_type("ModelBlessing"), key=lambda a: a.id)
+
+    tfx.orchestration.LocalDagRunner().run(blessing_gated_pipeline(root, min_accuracy=0.0))
+    assert blessings()[-1].custom_properties["blessed"].int_value == 1
+    [published] = gated_models()
+    assert published.custom_properties[spec.PUBLISHED_PROPERTY].int_value == 1
+    revived = tf.saved_model.load(os.path.join(published.uri, "Format-Serving"))
+    assert set(revived.signatures) == {"serving_default"}
+
+    # No model is that accurate: Evaluator does not bless, so nothing is exported.
+    tfx.orchestration.LocalDagRunner().run(blessing_gated_pipeline(root, min_accuracy=1.01))
+    assert blessings()[-1].custom_properties["blessed"].int_value == 0
+    stopped = gated_models()[-1]
+    assert stopped.id != published.id
+    assert stopped.custom_properties[spec.PUBLISHED_PROPERTY].int_value == 0
+    reason = stopped.custom_properties[spec.NOT_PUBLISHED_PROPERTY].string_value
+    assert reason.startswith("model_blessing: ModelBlessing") and "not blessed" in reason
+    assert not os.path.exists(os.path.join(stopped.uri, "Format-Serving"))
+    with open(os.path.join(latest_report(root, "GatedExporter"), "report.json")) as f:
+        assert json.load(f)["published"] is False

@@ -1,148 +1,131 @@
-"""The main job end to end: the local pipeline under LocalDagRunner with SQLite MLMD.
+"""The main job end to end, run the way a user runs it: `python -m
+export_archive.pipelines.local_runner` in a subprocess, twice (module-scoped: the
+pipeline is the expensive part), the second time from the TFX cache up to what a
+resolver feeds (the Evaluator's baseline).
 
-Asserts what a user relies on: the pushed model loads, every endpoint answers,
-the tf.Example `serving_default` matches the Trainer's own model on the same
-examples, and a second run is served from the TFX cache.
+Asserts what a user sees (one screen: a start and an end line per component, then a
+summary naming the pushed model, its signatures, the verdicts and where the report,
+ML Metadata and the log are) and what a user relies on: the pushed model loads,
+every endpoint answers, the tf.Example `serving_default` matches the Trainer's own
+model on the same examples, and REST JSON gets the same answers.
 """
 
-import glob
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from export_archive import cli, describe, rest
-from helpers.outputs import single
+from helpers.local_pipeline import (check_pushed_model, component_lines, artifact_dir,
+                                    run_main_job, summary_value)
 
 pytestmark = pytest.mark.e2e
 
-LABEL = "species"
-ENDPOINTS = ["serve_raw", "serving_default"]
+NAME = "export-archive-penguin-keras3"
+# Without the contract baseline, so that the second identical run is entirely cached
+# (with it, ModelExporter re-runs against the new push; test_contract_pipeline).
+ARGS = ["--train-steps", "10", "--no-baseline"]
 
 
-def artifact_dir(root, name, component, key):
-    paths = sorted(glob.glob(os.path.join(root, name, "pipeline", component, key, "*")),
-                   key=lambda p: int(os.path.basename(p)))
-    assert paths, f"no {component}.{key} artifact under {root}"
-    return paths[-1]
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("main_job"))
 
 
-def eval_examples(root, name, count=16):
-    split = os.path.join(artifact_dir(root, name, "CsvExampleGen", "examples"), "Split-eval")
-    files = tf.io.gfile.glob(os.path.join(split, "*"))
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
-    return [r.numpy() for r in records]
+@pytest.fixture(scope="module")
+def first(root):
+    return run_main_job(root, *ARGS).stdout
 
 
-def transformed(root, name, serialized):
-    import tensorflow_transform as tft
-    tft_output = tft.TFTransformOutput(artifact_dir(root, name, "Transform", "transform_graph"))
-    spec = tft_output.raw_feature_spec()
-    spec.pop(LABEL)
-    raw = tf.io.parse_example(tf.constant(serialized), spec)
-    features = tft_output.transform_features_layer()(raw)
-    return {k: v for k, v in features.items() if k != LABEL}
+@pytest.fixture(scope="module")
+def second(root, first):
+    return run_main_job(root, *ARGS).stdout
 
 
-def check_pushed_model(pushed, root, name, trainer_predict):
-    assert sorted(s.name for s in describe.describe(pushed)) == ENDPOINTS
-    assert os.listdir(os.path.join(pushed, "assets")) == ["island_vocab"]
-    revived = tf.saved_model.load(pushed)
-    serialized = eval_examples(root, name)
-    features = transformed(root, name, serialized)
-    for batch in (len(serialized), 3):
-        examples = tf.constant(serialized[:batch])
-        served = single(revived.signatures["serving_default"](examples=examples)).numpy()
-        batch_features = {k: v[:batch] for k, v in features.items()}
-        expected = trainer_predict(batch_features)
-        assert served.shape == (batch, 3)
-        np.testing.assert_allclose(served, expected, atol=1e-4)
-        # A REST client's JSON for the same animals gets the same answer.
-        body = rest.instances_from_features(raw_rows(serialized[:batch]))
-        tensors = rest.request_to_tensors(json.loads(json.dumps(body)),
-                                          describe.signature_def(pushed, "serve_raw"))
-        raw = single(revived.signatures["serve_raw"](**{k: tf.constant(v) for k, v in
-                                                  tensors.items()})).numpy()
-        np.testing.assert_allclose(raw, served, rtol=1e-6, atol=1e-6)
-    # Not part of a serving export any more: no training endpoint, no optimizer state.
-    assert not hasattr(revived, "optimizer_variables")
-    # `export-archive check` on the pushed model, with no other flag, passes: it
-    # replays the model's own warmup requests.
-    assert cli.main(["check", pushed]) == 0
-
-
-def raw_rows(serialized):
-    """Each record's raw features (no label), as a REST client holds them."""
-    rows = []
-    for record in serialized:
-        feature = tf.train.Example.FromString(record).features.feature
-        row = {}
-        for key, value in feature.items():
-            if key == LABEL:
-                continue
-            kind = value.WhichOneof("kind")
-            row[key] = list(getattr(value, kind).value)[0]
-        rows.append(row)
-    return rows
-
-
-
-def executions_by_state(metadata_path):
-    import ml_metadata as mlmd
-    from ml_metadata.proto import metadata_store_pb2
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = mlmd.MetadataStore(config)
-    states = {}
-    for execution in store.get_executions():
-        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-        states[state] = states.get(state, 0) + 1
-    return states
-
-
-def test_keras3_pipeline_pushes_a_served_model_and_caches(tmp_path):
+@pytest.fixture(scope="module")
+def nodes(root):
+    """(components, resolvers, nodes downstream of a resolver) of the main job's pipeline."""
     from export_archive.pipelines import local_runner
-    root, name = str(tmp_path), "export-archive-penguin-keras3"
-    # Without the contract baseline: a second identical run is then entirely cached
-    # (with it, ModelExporter re-runs against the new push; test_contract_pipeline).
-    pushed = local_runner.run("3", root, train_steps=30, contract_baseline=False)
+    tfx_pipeline = local_runner.build_pipeline(local_runner.RunPaths.create(root, "3"),
+                                               contract_baseline=False)
+    resolvers = local_runner.pipeline_roles(tfx_pipeline).resolvers
+    downstream = set()
+    for component in tfx_pipeline.components:   # topological order
+        if any(up.id in resolvers or up.id in downstream for up in component.upstream_nodes):
+            downstream.add(component.id)
+    components = [c.id for c in tfx_pipeline.components if c.id not in resolvers]
+    return components, list(resolvers), downstream
 
+
+def test_first_run_prints_one_screen(first, nodes, root):
+    components, resolvers, _ = nodes
+    lines = first.splitlines()
+    assert len(lines) <= 30, first
+    assert "Traceback" not in first and "Warning" not in first and "WARNING" not in first
+    states = component_lines(first)
+    for node in components:
+        assert [s for n, s in states if n == node] == ["running", "done"], (node, first)
+    for node in resolvers:   # a query of ML Metadata: one line when it is done
+        assert [s for n, s in states if n == node] == ["done"], (node, first)
+    assert {n for n, _ in states} == set(components) | set(resolvers)
+
+    base = os.path.join(root, NAME)
+    assert summary_value(first, "Pushed model").startswith(os.path.join(base, "serving_model"))
+    assert "  serving_default (predict): examples string[?] -> logits float32[?,3]" in lines
+    assert any(line.startswith("  serve_raw (predict): body_mass_g,") for line in lines)
+    assert summary_value(first, "Serving check") == "passed"
+    evaluator = summary_value(first, "Evaluator")
+    assert evaluator == ("blessed" if "Evaluator" in components else "not in this pipeline")
+    assert summary_value(first, "InfraValidator").startswith("not in this pipeline")
+    assert summary_value(first, "Serving contract") == "no baseline: contract not compared"
+    report = summary_value(first, "Report")
+    assert report.startswith(os.path.join(base, "pipeline", "ModelExporter", "report"))
+    assert os.path.isfile(report) and report.endswith("report.html")
+    assert summary_value(first, "ML Metadata") == os.path.join(base, "metadata.sqlite")
+
+    # What the console leaves out is in the log: TFX's own lines, no pip wheel build.
+    log = summary_value(first, "Log of TFX, Beam and TensorFlow")
+    assert log.startswith(os.path.join(base, "logs")) and log in lines[0]
+    with open(log) as f:
+        text = f.read()
+    assert "Component Trainer is running." in text
+    assert "tfx_user_code" not in text
+    assert not os.path.exists(os.path.join(base, "pipeline", "_wheels"))
+
+
+def test_pushed_model_serves_like_the_trainer(first, root):
     import keras
-    trainer_dir = artifact_dir(root, name, "Trainer", "model")
+    pushed = summary_value(first, "Pushed model")
+    trainer_dir = artifact_dir(root, NAME, "Trainer", "model")
     trainer_model = keras.saving.load_model(
         os.path.join(trainer_dir, "Format-Serving", "model.keras"))
-    check_pushed_model(pushed, root, name,
+    check_pushed_model(pushed, root, NAME,
                        lambda f: np.asarray(trainer_model(f, training=False)))
 
-    metadata = os.path.join(root, name, "metadata.sqlite")
-    first = executions_by_state(metadata)
-    assert first.get("COMPLETE") == 7 and "CACHED" not in first
-    again = local_runner.run("3", root, train_steps=30, contract_baseline=False)
-    assert again == pushed
-    second = executions_by_state(metadata)
-    assert second.get("CACHED") == 7, second
-    assert second.get("COMPLETE") == 7
 
+def test_second_run_is_cached(first, second, nodes, root):
+    """Everything is reused from the TFX cache except what a resolver feeds: the
+    Evaluator's baseline is now the model the first run blessed, so it (and Pusher
+    after it) runs again, and pushes the same export again."""
+    components, _, downstream = nodes
+    states = component_lines(second)
+    for node in components:
+        expected = ["running", "done" if node in downstream else "cached"]
+        assert [s for n, s in states if n == node] == expected, (node, second)
+    assert len(second.splitlines()) <= 30, second
+    pushed = [summary_value(out, "Pushed model") for out in (first, second)]
+    with open(os.path.join(pushed[0], "saved_model.pb"), "rb") as a, \
+            open(os.path.join(pushed[1], "saved_model.pb"), "rb") as b:
+        assert a.read() == b.read()
 
-def test_keras2_pipeline_in_its_own_process(tmp_path):
-    """TF_USE_LEGACY_KERAS must be set before TensorFlow loads: run the CLI."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "export_archive.pipelines.local_runner", "--keras", "2",
-         "--root", str(tmp_path), "--train-steps", "30"],
-        capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Pushed model:" in proc.stdout and "signature 'serving_default'" in proc.stdout
-    root, name = str(tmp_path), "export-archive-penguin-keras2"
-    pushed = proc.stdout.split("Pushed model: ")[1].split("\n")[0].strip()
-
-    # The Trainer saved with tf.saved_model.save (no Keras metadata): compare with its
-    # restored call function, the way TF would serve the Trainer's own model.
-    trainer = tf.saved_model.load(
-        os.path.join(artifact_dir(root, name, "Trainer", "model"), "Format-Serving"))
-    check_pushed_model(pushed, root, name,
-                       lambda f: trainer(f, training=False).numpy())
+    # ML Metadata agrees: the components shown as cached are its cached executions.
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+    from export_archive.pipelines import local_runner
+    store = mlmd.MetadataStore(local_runner.connection_config(
+        os.path.join(root, NAME, "metadata.sqlite")))
+    by_state = {}
+    for execution in store.get_executions():
+        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        by_state[state] = by_state.get(state, 0) + 1
+    cached = [n for n in components if n not in downstream]
+    assert by_state.get("CACHED") == len(cached), by_state

@@ -11,6 +11,13 @@ retries and blessing logic, and our local-process platform, run end to end.
 What it does, as TF Serving does it:
 - takes the flags `--port`, `--model_name`, `--model_base_path` (and refuses
   unknown flags, as the real binary does);
+- retries a failed load as TF Serving's retrier does (util/retrier.cc):
+  `--max_num_load_retries` more tries (default 5), `--load_retry_interval_micros`
+  apart (default 60 s), logging "Loading servable: {name: N version: V}
+  failed: ERROR" for each try and "Retrying of ... retry: K" before each retry;
+  then prints "Failed to start server. Error: ..." and exits with 255 (main.cc
+  returns -1);
+- polls for a version every `--file_system_poll_wait_seconds` (default 1);
 - serves the highest numeric version directory under `--model_base_path`
   (TF Serving's default "latest" policy); with none, it logs TF Serving's
   "No versions of servable ... found" and keeps polling, without listening;
@@ -61,8 +68,7 @@ CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 
 # Flags of the real binary this double accepts and ignores (with a log line).
-IGNORED_FLAGS = ("enable_batching", "file_system_poll_wait_seconds",
-                 "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+IGNORED_FLAGS = ("enable_batching", "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
                  "enable_model_warmup", "grpc_channel_arguments")
 # Flags of the real binary this double cannot honour: it refuses them loudly.
 UNSUPPORTED_FLAGS = ("model_config_file", "monitoring_config_file", "platform_config_file",
@@ -102,6 +108,10 @@ def parse_flags(argv):
     parser.add_argument("--model_name", default="default")
     parser.add_argument("--model_base_path", default="")
     parser.add_argument("--version", action="store_true")
+    # TF Serving's defaults (model_servers/main.cc, server.h).
+    parser.add_argument("--max_num_load_retries", type=int, default=5)
+    parser.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
+    parser.add_argument("--file_system_poll_wait_seconds", type=int, default=1)
     for name in IGNORED_FLAGS + UNSUPPORTED_FLAGS:
         parser.add_argument(f"--{name}", default=None)
     args, unknown = parser.parse_known_args(argv)
@@ -431,6 +441,26 @@ class Services:
                       "model config reloads are not implemented by the TF Serving test double")
 
 
+def load_with_retries(name, version, path, max_num_retries, interval_micros):
+    """(model, None) or (None, last error), as TF Serving's Retry() around a load."""
+    description = f"Loading servable: {{name: {name} version: {version}}}"
+    error = None
+    for attempt in range(max_num_retries + 1):
+        if attempt:
+            if interval_micros > 0:
+                time.sleep(interval_micros / 1e6)
+            log(f"Retrying of {description} retry: {attempt}")
+        try:
+            model = LoadedModel(name, version, path)
+            model.warm_up()
+            return model, None
+        except Exception as e:  # pylint: disable=broad-except  # the real server's log
+            error = f"{type(e).__name__}: {e}"
+            log(f"{description} failed: {error}")
+    log(f"Retrying of {description} exhausted max_num_retries: {max_num_retries}")
+    return None, error
+
+
 def main(argv=None) -> int:
     args = parse_flags(sys.argv[1:] if argv is None else argv)
     if args.version:
@@ -454,7 +484,9 @@ def main(argv=None) -> int:
     log(f"Building single TensorFlow model file config: model_name: {name} "
         f"model_base_path: {args.model_base_path}")
     version = latest_version(args.model_base_path)
-    poll_seconds = float(args.file_system_poll_wait_seconds or 1)
+    # Non-positive: the real server polls once and then waits; the double waits a second.
+    poll_seconds = args.file_system_poll_wait_seconds if (
+        args.file_system_poll_wait_seconds > 0) else 1
     while version is None:
         # TF Serving keeps polling; the server does not start until a version loads.
         log(f"No versions of servable {name} found under base path {args.model_base_path}. "
@@ -463,14 +495,14 @@ def main(argv=None) -> int:
         version = latest_version(args.model_base_path)
     path = os.path.join(args.model_base_path, str(version))
     log(f"Approving load for servable version {{name: {name} version: {version}}}")
-    try:
-        model = LoadedModel(name, version, path)
-        model.warm_up()
-    except Exception as e:  # pylint: disable=broad-except  # the real server's exit path
+    model, error = load_with_retries(name, version, path, args.max_num_load_retries,
+                                     args.load_retry_interval_micros)
+    if model is None:
+        # main.cc: std::cout << "Failed to start server. Error: " << status; return -1.
         print(f"Failed to start server. Error: Unknown: 1 servable(s) did not become "
               f"available: {{{{{{name: {name} version: {version}}} due to error: "
-              f"{type(e).__name__}: {e}}}, }}", file=sys.stderr, flush=True)
-        return 1
+              f"{error}}}, }}", flush=True)
+        return 255
     log(f"Successfully loaded servable version {{name: {name} version: {version}}}")
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -483,8 +515,8 @@ def main(argv=None) -> int:
         bound = 0
     if not bound:
         print(f"Failed to start server. Error: could not bind 0.0.0.0:{args.port}",
-              file=sys.stderr, flush=True)
-        return 1
+              flush=True)
+        return 255
     server.start()
     log(f"Running gRPC ModelServer at 0.0.0.0:{args.port} ...")
     stop = threading.Event()

@@ -18,7 +18,11 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, serving_model_dir: s
                     local_process_config: Optional[Dict[str, Any]] = None,
                     max_loading_time_seconds: int = 300,
                     **kwargs) -> tfx.dsl.Pipeline:
-    """`kwargs` go to `create_pipeline` (export_config, train_steps, metadata, ...)."""
+    """`kwargs` go to `create_pipeline` (export_config, train_steps, metadata, ...).
+
+    Evaluator is off unless asked for: these tests are about InfraValidator's
+    blessing, which must stop Pusher on its own."""
+    kwargs.setdefault("evaluate", False)
     return base_pipeline.create_pipeline(
         pipeline_name, pipeline_root, serving_model_dir,
         infra_validation=local_process_config or {},

@@ -194,6 +194,8 @@ def test_local_process_blesses_makes_warmup_and_pusher_pushes(exported, tmp_path
     # The log is kept, and shows the flags and the server being stopped.
     log_text = open(os.path.join(blessing.uri, spec.LOGS_DIR, "attempt-1.log")).read()
     assert "--model_name=scalar" in log_text and f"--model_base_path={copy_to}" in log_text
+    # A model that cannot load fails at once (docs/infra_validation.md).
+    assert "--max_num_load_retries=0" in log_text
     assert "--enable_batching=true accepted and ignored" in log_text
     assert "Stopped (SIGTERM)." in log_text
     assert not os.listdir(copy_to), "the copy served from model_base_path was not removed"
@@ -240,7 +242,8 @@ def _features_endpoint_requested(exported, tmp_path):
 
 
 @pytest.mark.parametrize("case, expected", [
-    (_corrupt_warmup, ["exited with code 1", "Failed to start server", "warmup"]),
+    (_corrupt_warmup, ["exited with code 255", "the model server reported: Loading servable",
+                       "Failed to start server", "warmup"]),
     (_examples_missing_a_feature, [
         "failed Predict request 1/3 to signature 'serving_default'", "INVALID_ARGUMENT",
         "f2"]),
@@ -331,7 +334,11 @@ def test_config_and_component_checks(exported, tmp_path, monkeypatch):
     assert LocalProcessConfig.parse(config.to_json()) == config
     for bad, field in [({"extra_flags": ["--port=1"]}, "extra_flags[0]"),
                        ({"port": -1}, "port"), ({"binry": "x"}, "binry"),
-                       ({"extra_flags": ["enable_batching"]}, "extra_flags[0]")]:
+                       ({"extra_flags": ["enable_batching"]}, "extra_flags[0]"),
+                       ({"max_num_load_retries": -1}, "max_num_load_retries"),
+                       ({"load_retry_interval_micros": 0.5}, "load_retry_interval_micros"),
+                       ({"extra_flags": ["--x=1", "--max_num_load_retries=5"]},
+                        "extra_flags[1]")]:
         with pytest.raises(LocalProcessConfigError, match=rf"`{re.escape(field)}`.*fix:"):
             LocalProcessConfig.parse(bad)
 

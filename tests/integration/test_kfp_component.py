@@ -23,6 +23,9 @@ from kfp import dsl, local  # noqa: E402
 from kfp.local import executor_input_utils, task_dispatcher  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
+from google_cloud_pipeline_components.types.artifact_types import (  # noqa: E402
+    UnmanagedContainerModel)
+
 from export_archive.components.kfp import component as kfp_component  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -35,21 +38,31 @@ def loaded_component():
     return kfp.components.load_component_from_file(kfp_component.COMPONENT_YAML)
 
 
-def run_local(pipeline_spec, parameters, input_artifacts, pipeline_root, monkeypatch):
-    """Runs a compiled component with kfp.local, input artifacts included."""
-    construct = executor_input_utils.construct_executor_input
+_construct_executor_input = executor_input_utils.construct_executor_input
 
+
+def executor_input_with_artifacts(component_spec, arguments, task_root, input_artifacts):
+    """kfp.local's ExecutorInput (parameter defaults, output paths) plus input
+    artifacts {name: (uri, metadata)}, as a KFP backend sends them."""
+    stripped = pipeline_spec_pb2.ComponentSpec()
+    stripped.CopyFrom(component_spec)
+    stripped.input_definitions.ClearField("artifacts")
+    executor_input = _construct_executor_input(stripped, arguments, task_root)
+    for name, (uri, metadata) in input_artifacts.items():
+        artifact = pipeline_spec_pb2.RuntimeArtifact(
+            name=name, uri=uri,
+            type=component_spec.input_definitions.artifacts[name].artifact_type)
+        artifact.metadata.update(metadata)
+        executor_input.inputs.artifacts[name].artifacts.append(artifact)
+    return executor_input
+
+
+def run_local(pipeline_spec, parameters, input_artifacts, pipeline_root, monkeypatch):
+    """Runs a compiled component with kfp.local, input artifacts {name: uri} included."""
     def with_inputs(component_spec, arguments, task_root):
-        stripped = pipeline_spec_pb2.ComponentSpec()
-        stripped.CopyFrom(component_spec)
-        stripped.input_definitions.ClearField("artifacts")
-        executor_input = construct(stripped, arguments, task_root)
-        for name, uri in input_artifacts.items():
-            executor_input.inputs.artifacts[name].artifacts.append(
-                pipeline_spec_pb2.RuntimeArtifact(
-                    name=name, uri=uri,
-                    type=component_spec.input_definitions.artifacts[name].artifact_type))
-        return executor_input
+        return executor_input_with_artifacts(
+            component_spec, arguments, task_root,
+            {name: (uri, {}) for name, uri in input_artifacts.items()})
 
     monkeypatch.setattr(executor_input_utils, "construct_executor_input", with_inputs)
     with warnings.catch_warnings():
@@ -80,14 +93,19 @@ def test_yaml_interface():
     assert not inputs.artifacts["trained_model"].is_optional
     for name in ("schema", "transform_graph", "examples"):
         assert inputs.artifacts[name].is_optional
-    assert set(inputs.parameters) == {"export_config"}
+    assert set(inputs.parameters) == {"export_config", "serving_image"}
+    assert inputs.parameters["serving_image"].is_optional
     outputs = {k: v.artifact_type.schema_title
                for k, v in spec.output_definitions.artifacts.items()}
     assert outputs == {"model": "system.Model", "report_markdown": "system.Markdown",
-                       "report_html": "system.HTML"}
+                       "report_html": "system.HTML",
+                       "vertex_model": UnmanagedContainerModel.schema_title}
     container = comp.pipeline_spec.deployment_spec["executors"]["exec-model-exporter"][
         "container"]
     assert container["image"] == kfp_component.DEFAULT_IMAGE
+    # The placeholder image is unpullable: the description a user reads says so.
+    assert kfp_component.DEFAULT_IMAGE in comp.description
+    assert "must be replaced" in comp.description
     # No runtime `pip install kfp`: the image has the pinned kfp.
     assert "pip install" not in " ".join(container["command"])
 
@@ -142,14 +160,21 @@ def keras_model_dir(tmp_path_factory):
     return str(directory)
 
 
-def test_local_run_exports_the_model(keras_model_dir, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def exported(keras_model_dir, tmp_path_factory):
+    """The outputs of one local run of the committed YAML (serving_image left empty)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return run_local(loaded_component().pipeline_spec,
+                         {"export_config": json.dumps(CONFIG)},
+                         {"trained_model": keras_model_dir},
+                         tmp_path_factory.mktemp("kfp_local"), monkeypatch)
+
+
+def test_local_run_exports_the_model(exported):
     import numpy as np
     import tensorflow as tf
 
-    outputs = run_local(loaded_component().pipeline_spec,
-                        {"export_config": json.dumps(CONFIG)},
-                        {"trained_model": keras_model_dir}, tmp_path, monkeypatch)
-
+    outputs = exported
     model = outputs["model"]
     assert isinstance(model, dsl.Model)
     # The SavedModel is the artifact directory itself.
@@ -178,3 +203,123 @@ def test_local_run_bad_config_fails_without_output(keras_model_dir, tmp_path, mo
                   {"trained_model": keras_model_dir}, tmp_path, monkeypatch)
     written = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
     assert not any(f.endswith("saved_model.pb") for f in written)
+
+
+# --- Vertex AI Model Registry: google-cloud-pipeline-components' ModelUploadOp ------------
+
+UPLOAD = {"display_name": "penguin", "project": "my-project", "location": "us-central1"}
+
+
+def upload_pipeline(exporter_output: str):
+    from google_cloud_pipeline_components.v1.model import ModelUploadOp
+    comp = loaded_component()
+
+    @dsl.pipeline(name="export-and-upload")
+    def export_and_upload(model_uri: str, export_config: str):
+        trained = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
+        exporter = comp(trained_model=trained.output, export_config=export_config)
+        ModelUploadOp(unmanaged_container_model=exporter.outputs[exporter_output], **UPLOAD)
+    return export_and_upload
+
+
+@pytest.fixture(scope="module")
+def upload_spec(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("upload") / "pipeline.yaml")
+    kfp.compiler.Compiler().compile(upload_pipeline("vertex_model"), path)
+    return kfp.components.load_component_from_file(path).pipeline_spec
+
+
+def test_model_upload_op_consumes_vertex_model(upload_spec):
+    tasks = upload_spec.root.dag.tasks
+    upload = tasks["model-upload"]
+    source = upload.inputs.artifacts["unmanaged_container_model"].task_output_artifact
+    assert (source.producer_task, source.output_artifact_key) == ("model-exporter",
+                                                                   "vertex_model")
+    components = upload_spec.components
+    produced = components["comp-model-exporter"].output_definitions.artifacts["vertex_model"]
+    consumed = components["comp-model-upload"].input_definitions.artifacts[
+        "unmanaged_container_model"]
+    assert produced.artifact_type == consumed.artifact_type
+    assert consumed.artifact_type.schema_title == "google.UnmanagedContainerModel"
+
+
+def test_model_upload_op_refuses_the_plain_model():
+    """Why vertex_model exists: KFP type-checks the connection at compile time."""
+    from kfp.dsl.types.type_utils import InconsistentTypeException
+    with pytest.raises(InconsistentTypeException, match="google.UnmanagedContainerModel"):
+        upload_pipeline("model")
+
+
+def upload_request(upload_spec, vertex_model, tmp_path, monkeypatch):
+    """Runs GCPC's upload launcher on the compiled model-upload task, with the
+    ExecutorInput a backend builds from the exporter's vertex_model, and returns
+    (url, request body) it would POST; the Vertex REST client is replaced."""
+    from google.protobuf import json_format
+    from google_cloud_pipeline_components.container.v1.gcp_launcher import lro_remote_runner
+    from google_cloud_pipeline_components.container.v1.model.upload_model import launcher
+    from kfp.local import placeholder_utils
+
+    component = upload_spec.components["comp-model-upload"]
+    task = upload_spec.root.dag.tasks["model-upload"]
+    arguments = {k: v.runtime_value.constant.string_value
+                 for k, v in task.inputs.parameters.items()}
+    executor_input = executor_input_with_artifacts(
+        component, arguments, str(tmp_path),
+        {"unmanaged_container_model": (vertex_model.uri, vertex_model.metadata)})
+    container = upload_spec.deployment_spec["executors"]["exec-model-upload"]["container"]
+    command = placeholder_utils.replace_placeholders(
+        list(container["command"]) + list(container["args"]),
+        json_format.MessageToDict(executor_input), "export-and-upload", "model-upload",
+        str(tmp_path))
+    assert command[:4] == ["python3", "-u", "-m", launcher.__name__]
+
+    sent = []
+
+    class RecordingLroRunner:
+        def __init__(self, location):
+            self.location = location
+
+        def create_lro(self, url, request_body, gcp_resources):
+            sent.append((url, json.loads(request_body)))
+            return {"name": "operations/1"}
+
+        def poll_lro(self, lro):
+            return {"response": {"model": "projects/1/locations/us-central1/models/7",
+                                 "model_version_id": "1"}}
+
+    monkeypatch.setattr(lro_remote_runner, "LroRemoteRunner", RecordingLroRunner)
+    launcher.main(command[4:])
+    (request,) = sent
+    with open(executor_input.outputs.output_file) as f:
+        return request, json.load(f)
+
+
+def test_upload_request_from_the_exported_artifact(exported, upload_spec, tmp_path,
+                                                   monkeypatch):
+    from google.cloud.aiplatform.constants import prediction
+
+    vertex_model, model = exported["vertex_model"], exported["model"]
+    # The SavedModel is not copied: vertex_model is model's directory.
+    assert vertex_model.uri == model.uri
+    image = vertex_model.metadata["containerSpec"]["imageUri"]
+    # Vertex's prebuilt TF2 CPU image of the newest version not newer than ours.
+    import tensorflow as tf
+    match = prediction.CONTAINER_URI_PATTERN.fullmatch(image)
+    assert match and (match["framework"], match["accelerator"]) == ("tf2", "cpu")
+    assert image in prediction.TF_CONTAINER_URIS
+    version = tuple(int(v) for v in match["version"].split("-"))
+    assert version <= tuple(int(v) for v in tf.__version__.split(".")[:2])
+
+    (url, body), executor_output = upload_request(upload_spec, vertex_model, tmp_path,
+                                                  monkeypatch)
+    assert url == ("https://us-central1-aiplatform.googleapis.com/v1/projects/my-project/"
+                   "locations/us-central1/models:upload")
+    sent = body["model"]
+    assert sent["display_name"] == "penguin"
+    assert sent["artifact_uri"] == model.uri
+    assert sent["container_spec"] == {"image_uri": image}
+    assert os.path.isfile(os.path.join(model.path, "saved_model.pb"))
+    # The launcher's own output: the registered Model, for a ModelDeployOp downstream.
+    (registered,) = executor_output["artifacts"]["model"]["artifacts"]
+    assert registered["metadata"]["resourceName"] == \
+        "projects/1/locations/us-central1/models/7@1"

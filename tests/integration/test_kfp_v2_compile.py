@@ -30,7 +30,9 @@ CONFIG = {"endpoints": [{"name": "serve"},
                         {"name": "call_training", "training": True}],
           "serving_default": "serve",
           "variable_collections": [{"name": "optimizer_variables", "source": "optimizer"}]}
-KFP_V2_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+# TFX's kubeflow_v2_run_executor, behind one that maps the report's system.HTML title
+# to its class (components/tfx/kfp_v2_entrypoint.py).
+KFP_V2_ENTRYPOINT = "export_archive.components.tfx.kfp_v2_entrypoint"
 
 
 def flags(fmt, output_dir):
@@ -65,18 +67,42 @@ def exporter_container(pipeline_spec):
     return pipeline_spec["deploymentSpec"]["executors"][label]["container"]
 
 
-def test_report_type_is_a_kfp_v2_schema_title():
-    # KubeflowV2DagRunner refuses other custom type names, and the KFP v2
-    # container imports the type back from this title.
+def test_report_is_an_artifact_the_kfp_and_vertex_uis_render(pipeline_spec):
+    # The UIs render system.HTML / system.Markdown artifacts, and TFX's compiler
+    # makes a custom type's TYPE_NAME its schema title.
+    report_type = pipeline_spec["components"][runner.EXPORTER_ID]["outputDefinitions"][
+        "artifacts"][spec.REPORT_KEY]["artifactType"]
+    assert _title({"artifactType": report_type}) == "system.HTML"
     from tfx.orchestration.kubeflow.v2 import compiler_utils
-    assert compiler_utils._SCHEMA_TITLE_RE.fullmatch(spec.ExportReport.TYPE_NAME), (
-        f"ExportReport.TYPE_NAME {spec.ExportReport.TYPE_NAME!r} is not a KFP v2 schema "
-        "title (`namespace.TypeName`): KubeflowV2DagRunner refuses it. Use "
-        "'export_archive.ExportReport'.")
-    # The KFP v2 entrypoint recovers a custom type with import_class_by_path(title).
-    import export_archive
-    assert getattr(export_archive, "ExportReport", None) is spec.ExportReport, (
-        "export_archive.ExportReport must resolve to the artifact class (lazily)")
+    assert compiler_utils._SCHEMA_TITLE_RE.fullmatch(spec.ExportReport.TYPE_NAME)
+
+
+def test_the_container_rebuilds_the_report_artifact_from_its_title(pipeline_spec):
+    """What the KFP v2 container does with the output it is handed: TFX's own
+    entrypoint imports a custom title as `module.Class` and fails on system.HTML;
+    ours maps the title to ExportReport first."""
+    from tfx.orchestration.kubeflow.v2 import compiler_utils
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as utils
+
+    from export_archive.components.tfx import kfp_v2_entrypoint
+    report_type = pipeline_spec["components"][runner.EXPORTER_ID]["outputDefinitions"][
+        "artifacts"][spec.REPORT_KEY]["artifactType"]
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    raw = {"report": json_format.ParseDict(
+        {"artifacts": [{"name": "artifacts/report", "uri": "gs://b/r/report",
+                        "type": report_type}]}, pipeline_spec_pb2.ArtifactList())}
+    # Importing this module registers nothing: main() does, in the container.
+    assert spec.ExportReport.TYPE_NAME not in compiler_utils.TITLE_TO_CLASS_PATH
+    with pytest.raises(ImportError, match="system.HTML"):
+        utils.parse_raw_artifact_dict(raw, {})
+    try:
+        kfp_v2_entrypoint.register_artifact_types()
+        [artifact] = utils.parse_raw_artifact_dict(raw, {})["report"]
+    finally:
+        compiler_utils.TITLE_TO_CLASS_PATH.pop(spec.ExportReport.TYPE_NAME, None)
+    assert type(artifact) is spec.ExportReport and artifact.uri == "gs://b/r/report"
+    assert kfp_v2_entrypoint.COMMAND == ["python", "-m", KFP_V2_ENTRYPOINT]
 
 
 def test_files_written(compiled):
@@ -95,10 +121,19 @@ def test_exporter_executor_and_image(pipeline_spec):
 def test_every_step_runs_in_the_image(pipeline_spec):
     executors = pipeline_spec["deploymentSpec"]["executors"]
     steps = {"CsvExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer",
-             runner.EXPORTER_ID, "Pusher"}
+             runner.EXPORTER_ID, "Evaluator", "Pusher"}
     assert {f"{s}_executor" for s in steps} <= set(executors)
-    assert {e["container"]["image"] for e in executors.values()} == {IMAGE}
+    # Resolvers run in the KFP/Vertex backend, not in a container.
+    containers = {k: e["container"] for k, e in executors.items() if "container" in e}
+    assert {f"{s}_executor" for s in steps} <= set(containers)
+    assert {c["image"] for c in containers.values()} == {IMAGE}
 
+
+def test_no_step_waits_on_a_condition_the_runner_cannot_meet(pipeline_spec):
+    """Without the contract guard (which KFP v2 cannot compile) ModelExporter always
+    publishes, so nothing is gated; TFX 1.16 miscompiles Evaluator's gate anyway."""
+    tasks = pipeline_spec["root"]["dag"]["tasks"]
+    assert [name for name, task in tasks.items() if "triggerPolicy" in task] == []
 
 def test_beam_pipeline_args_reach_the_exporter(pipeline_spec):
     args = exporter_container(pipeline_spec)["args"]
@@ -110,7 +145,7 @@ def test_exporter_resources(pipeline_spec):
     assert exporter_container(pipeline_spec)["resources"] == {"cpuLimit": 4.0,
                                                              "memoryLimit": 16.0}
     others = [e["container"] for k, e in pipeline_spec["deploymentSpec"]["executors"].items()
-              if k != "ModelExporter_executor"]
+              if k != "ModelExporter_executor" and "container" in e]
     assert not any("resources" in c for c in others)
 
 
@@ -200,12 +235,12 @@ def test_yaml_is_a_kfp_v2_pipeline(compiled):
 
 
 def test_defaults(tmp_path):
-    """Without flags: the default image, the default export config, no resources."""
+    """Without optional flags: the default export config, no resources."""
     tfx_pipeline = runner.build_pipeline(pipeline_root=PIPELINE_ROOT)
-    with open(runner.compile_pipeline(tfx_pipeline, runner.DEFAULT_IMAGE, str(tmp_path))) as f:
+    with open(runner.compile_pipeline(tfx_pipeline, IMAGE, str(tmp_path))) as f:
         default_spec = json.load(f)["pipelineSpec"]
     container = exporter_container(default_spec)
-    assert container["image"] == runner.DEFAULT_IMAGE
+    assert container["image"] == IMAGE
     assert "resources" not in container
     assert container["args"][-1] == "--direct_num_workers=1"   # create_pipeline's default
     value = default_spec["root"]["dag"]["tasks"][runner.EXPORTER_ID]["inputs"]["parameters"][
@@ -216,7 +251,8 @@ def test_defaults(tmp_path):
 def test_bad_export_config_fails_the_compile(tmp_path):
     from export_archive.config import ConfigError
     with pytest.raises(ConfigError, match=r"endpoints\[0\]"):
-        runner.main(["--pipeline-root", PIPELINE_ROOT, "--output-dir", str(tmp_path),
+        runner.main(["--image", IMAGE, "--pipeline-root", PIPELINE_ROOT,
+                     "--output-dir", str(tmp_path),
                      "--export-config", '{"endpoints": [{"name": "x", "kind": "nope"}]}'])
     assert not os.listdir(tmp_path)
 
@@ -291,6 +327,8 @@ def test_exporter_runs_through_the_kfp_v2_entrypoint(pipeline_spec, trainer_outp
     assert not os.path.exists(os.path.join(model_uri, "Format-Serving", "export"))
     for name in (spec.REPORT_JSON, spec.REPORT_MARKDOWN, spec.REPORT_HTML):
         assert os.path.isfile(os.path.join(report_uri, name))
+    with open(os.path.join(report_uri, spec.REPORT_JSON)) as f:
+        assert json.load(f)["verdict"]["headline"].startswith("Exported")
     with open(executor_input["outputs"]["outputFile"]) as f:
         executor_output = json.load(f)
     metadata = executor_output["artifacts"]["model"]["artifacts"][0]["metadata"]
@@ -318,11 +356,24 @@ def dry_run(*args):
 
 def test_vertex_dry_run_compiles_and_describes_the_job(tmp_path):
     job = dry_run("--image", IMAGE, "--output-dir", str(tmp_path),
-                  "--export-config", json.dumps(CONFIG), "--exporter-memory", "8")
+                  "--export-config", json.dumps(CONFIG), "--exporter-memory", "8",
+                  "--vertex-endpoint", "penguin", "--serving-image", "eu.gcr.io/p/serve:1")
     assert job["template_path"] == str(tmp_path / "pipeline.json")
     with open(job["template_path"]) as f:
         template = json.load(f)
     assert exporter_container(template["pipelineSpec"])["resources"] == {"memoryLimit": 8.0}
+    # --vertex-endpoint: TFX's Vertex Pusher, in the job's project and region.
+    pusher = template["pipelineSpec"]["deploymentSpec"]["executors"]["Pusher_executor"]
+    args = pusher["container"]["args"]
+    assert args[args.index("--executor_class_path") + 1] == \
+        "tfx.extensions.google_cloud_ai_platform.pusher.executor.Executor"
+    custom_config = json.loads(template["pipelineSpec"]["root"]["dag"]["tasks"]["Pusher"][
+        "inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]["stringValue"])
+    assert (custom_config["ai_platform_vertex_region"],
+            custom_config["ai_platform_serving_args"]["project_id"],
+            custom_config["ai_platform_serving_args"]["endpoint_name"],
+            custom_config["ai_platform_vertex_container_image_uri"]) == (
+        "us-central1", "my-project", "penguin", "eu.gcr.io/p/serve:1")
     assert job["display_name"] == runner.DEFAULT_PIPELINE_NAME
     assert job["image"] == IMAGE and job["images"] == [IMAGE]
     assert job["pipeline_root"] == PIPELINE_ROOT
@@ -339,3 +390,4 @@ def test_vertex_dry_run_of_a_compiled_template(compiled):
     assert job["template_path"] == compiled["json"]
     assert (job["display_name"], job["image"], job["enable_caching"]) == (
         "nightly", IMAGE, False)
+

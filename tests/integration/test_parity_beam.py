@@ -137,3 +137,24 @@ def test_drift_caught_on_multi_process_runner_with_first_mismatches(assets):
         assert workers and all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in workers)
         assert 1 <= result.metrics[f"{side}/model_loads"] <= 2 < blocks
         assert result.metrics[f"{side}:num_inferences"] == total
+
+
+def test_record_block_pickles_packed_and_rebuilds_its_records(assets):
+    """A block read in one process runs on tf.data's tensor as it is; pickled (a
+    Reshuffle, a runner's data plane), it travels as one buffer plus lengths and is
+    rebuilt record for record, including empty records."""
+    import pickle
+    (block, *_rest) = parity_beam.ReadRecordBlocks(BLOCK).process(assets["files"][0])
+    records = [r.numpy() for r in tf.data.TFRecordDataset(
+        assets["files"][0], compression_type="GZIP").take(BLOCK)]
+    assert list(block.records) == records and len(block) == BLOCK
+    state = block.__getstate__()
+    assert "_tensor" not in state and "_records" not in state
+    assert state["data"] == b"".join(records)
+    copy = pickle.loads(pickle.dumps(block))
+    assert list(copy.records) == records and copy.start == 0
+    assert copy.source == assets["files"][0]
+
+    empty = parity_beam.RecordBlock("f", 7, np.array([0, 3, 0]), tensor=tf.constant(
+        [b"", b"abc", b""]))
+    assert list(pickle.loads(pickle.dumps(empty)).records) == [b"", b"abc", b""]

@@ -118,6 +118,76 @@ def test_contract_process_imports_nothing_but_tensorflow(passing):
     assert {r["check"] for r in data["results"]} >= {"ops", "load", "run", "warmup"}
 
 
+# As the CLI runs it: the contract process prestarted before any TensorFlow import
+# (forked, sparing it a TensorFlow import), used by the check; then, with
+# TensorFlow imported, a new prestarted process, left waiting when this dies.
+PRESTART_SCRIPT = r"""
+import json, sys, time
+from export_archive import contract_process
+assert "tensorflow" not in sys.modules
+contract_process.prestart_for(None, True)
+forked = type(contract_process._waiting.proc).__name__
+from export_archive import check
+import keras  # the exporter imports Keras after the fork, unhindered
+requests = check.build_requests(sys.argv[1], None, check.SMALL_BATCH)
+data = check.run_contract(sys.argv[1], requests)
+print(json.dumps({"forked": forked, "keras": keras.__version__, "results": data["results"],
+                  "foreign_modules": data["foreign_modules"]}), flush=True)
+contract_process.prestart_for(None, True)
+print(json.dumps({"waiting_pid": contract_process._waiting.proc.pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_prestarted_process_forked_keras_free_and_gone_with_its_parent(passing):
+    import signal
+    import subprocess
+    import sys
+    import time
+    import psutil
+
+    _, out = passing
+    parent = subprocess.Popen([sys.executable, "-c", PRESTART_SCRIPT, out], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        first = json.loads(parent.stdout.readline())
+        assert first["forked"] == "_ForkedContract"
+        assert first["foreign_modules"] == []
+        assert all(r["passed"] for r in first["results"]), first["results"]
+        assert {r["check"] for r in first["results"]} >= {"ops", "load", "run"}
+        waiting = psutil.Process(json.loads(parent.stdout.readline())["waiting_pid"])
+        assert waiting.is_running()
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    # Its stdin pipe's other end died with the parent: it must exit on its own.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if waiting.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    else:
+        waiting.kill()
+        pytest.fail("the prestarted contract process outlived its killed parent")
+
+
+def test_contract_process_that_dies_is_reported_with_its_stderr(passing, tmp_path,
+                                                                monkeypatch):
+    from export_archive import contract_process
+    contract_process.discard()   # no process some earlier export started may answer
+    broken = tmp_path / "serving_contract.py"
+    broken.write_text("import sys\nsys.stderr.write('cannot load libtensorflow_cc.so.2')\n"
+                      "sys.exit(7)\n")
+    monkeypatch.setattr(contract_process, "CONTRACT_SCRIPT", str(broken))
+    _, out = passing
+    (row,) = check.run_contract(out, check.build_requests(out, None, 1))["results"]
+    assert (row["check"], row["passed"]) == ("load", False)
+    assert "exit status 7" in row["detail"] and "libtensorflow_cc.so.2" in row["detail"]
+
+
 # ---- the contract, on SavedModels that break it
 
 

@@ -41,7 +41,8 @@ def test_channels_and_types():
     assert set(exporter.outputs) == {"model", "report"}
     assert exporter.outputs["model"].type is standard_artifacts.Model
     assert exporter.outputs["report"].type is spec.ExportReport
-    assert spec.ExportReport.TYPE_NAME == "export_archive.ExportReport"
+    # The KFP and Vertex UIs render a system.HTML artifact (docs/report.md).
+    assert spec.ExportReport.TYPE_NAME == "system.HTML"
     assert exporter.outputs["model"].type_name == "Model"
     assert exporter.executor_spec.executor_class is Executor
 

@@ -73,7 +73,8 @@ def test_failure_leaves_nothing_behind(model, tmp_path):
     out = tmp_path / "m"
     cfg = {"endpoints": [{"name": "serve"},
                          {"name": "boom", "fn": "helpers.factories:failing_factory"}]}
-    with pytest.raises(RuntimeError, match="exploded"):
+    # The user's factory failing is their input's error: a ConfigError naming it.
+    with pytest.raises(ConfigError, match="exploded"):
         export_archive.export(model, cfg, out)
     assert siblings(out) == []
 

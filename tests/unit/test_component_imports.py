@@ -16,7 +16,8 @@ def test_importing_the_package_imports_no_tfx_kfp_or_tensorflow():
                          check=True).stdout.splitlines()
     assert out[0] == "[]"
     assert out[1] == str(sorted(["ExportReport", "InfraValidator", "LocalProcessConfig",
-                                 "ModelExporter", "model_exporter"]))
+                                 "ModelExporter", "latest_pushed_model", "model_exporter",
+                                 "published"]))
 
 
 def test_unknown_name_is_an_attribute_error():

@@ -473,6 +473,15 @@ BAD_CONFIGS = [
      "contract.allow[0]", "unknown change kind 'input_gone'"),
     ("contract_allow_compatible_kind", with_top(contract={"allow": ["output_added:serve"]}),
      "contract.allow[0]", "is a compatible change"),
+    # limits (config.MAX_*): stated in the error, checked before any model is loaded
+    ("name_too_long", ep(name="n" * 129), "endpoints[0].name", "over the limit of 128"),
+    ("output_key_too_long", ep(name="s", output_keys=["k" * 129]),
+     "endpoints[0].output_keys[0]", "over the limit of 128"),
+    ("too_many_endpoints", {"endpoints": [{"name": f"e{i}"} for i in range(257)]},
+     "endpoints", "257 endpoints, over the limit of 256"),
+    ("too_many_collections", with_top(variable_collections=[
+        {"name": f"c{i}", "source": "all"} for i in range(257)]),
+     "variable_collections", "over the limit of 256"),
     # files
     ("missing_file", "/nonexistent/dir/export_config.json", "<file>",
      "cannot read config file"),

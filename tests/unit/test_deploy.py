@@ -76,17 +76,33 @@ class Stage(NamedTuple):
     instructions: List[Instruction]
 
 
-def stages(instructions: List[Instruction]) -> List[Stage]:
-    result = []
+def global_args(instructions: List[Instruction]) -> Dict[str, str]:
+    """The ARG defaults declared before the first FROM: the only ARGs a FROM line
+    can use (Docker's rule), overridable with `--build-arg NAME=...`."""
+    args = {}
     for ins in instructions:
         if ins.name == "FROM":
-            words = ins.words
+            break
+        if ins.name == "ARG":
+            name, _, default = ins.args.partition("=")
+            args[name] = default
+    return args
+
+
+def stages(instructions: List[Instruction]) -> List[Stage]:
+    result = []
+    args = global_args(instructions)
+    for ins in instructions:
+        if ins.name == "FROM":
+            words = [re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                            lambda m: args[m.group(1) or m.group(2)], w) for w in ins.words]
             assert len(words) in (1, 3) and (len(words) == 1 or words[1].upper() == "AS"), \
                 f"line {ins.line}: FROM image [AS name], got {ins.args!r}"
             result.append(Stage(words[0], words[2] if len(words) == 3 else "", []))
         else:
             assert result or ins.name == "ARG", f"line {ins.line}: {ins.name} before FROM"
-            result[-1].instructions.append(ins)
+            if result:   # global ARGs (before the first FROM) belong to no stage
+                result[-1].instructions.append(ins)
     return result
 
 
@@ -181,13 +197,57 @@ def test_image_has_the_runner_data_root(dockerfile):
         (srcs, dest) for flags, srcs, dest in copies if "--from" not in flags]
 
 
-def test_default_image_names_agree():
-    with open(os.path.join(REPO, "components", "kfp", "model_exporter_component.yaml")) as f:
-        component = yaml.safe_load(f)
-    (executor,) = component["deploymentSpec"]["executors"].values()
-    assert executor["container"]["image"] == runner.DEFAULT_IMAGE
+def test_base_images_are_build_args(dockerfile):
+    # A FROM names its image through an ARG, so a mirror of the same versions
+    # can be used with --build-arg; the defaults are the pinned images.
+    froms = [i.words[0] for i in dockerfile if i.name == "FROM"]
+    assert all(re.fullmatch(r"\$\{\w+\}", image) for image in froms), froms
+    assert set(global_args(dockerfile)) == {"SERVING_IMAGE", "TFX_IMAGE"}
+
+
+# --- the component image is a parameter everywhere ---------------------------------
+
+COMPONENT_YAML = os.path.join(REPO, "components", "kfp", "model_exporter_component.yaml")
+
+
+def test_committed_component_yaml_says_its_image_must_be_replaced():
+    with open(COMPONENT_YAML) as f:
+        text = f.read()
+    (executor,) = yaml.safe_load(text)["deploymentSpec"]["executors"].values()
+    image = executor["container"]["image"]
+    # KFP's own header: the description `load_component_from_file` shows users.
+    header = text.split("# Inputs:")[0]
+    description = " ".join(line.lstrip("#").strip() for line in header.splitlines()
+                           if line.startswith("#"))
+    assert "Description:" in description
+    assert image in description and "must be replaced" in description
+    # The placeholder is a bare local tag: no registry host, so no cluster pulls it.
+    assert "/" not in image
+
+
+def test_runner_requires_the_image(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.parse_args(["--pipeline-root", "gs://b/r"])
+    assert exit_info.value.code == 2
+    assert "--image" in capsys.readouterr().err
+    image = "europe-docker.pkg.dev/p/r/tfx-export-archive:1"
+    assert runner.parse_args(["--image", image, "--pipeline-root", "gs://b/r"]).image == image
+
+
+def test_dockerfile_recipe_tags_a_registry_image():
     with open(DOCKERFILE) as f:
-        assert f"-t {runner.DEFAULT_IMAGE}" in f.read()
+        text = f.read()
+    assert "docker build -f deploy/Dockerfile -t $IMAGE ." in text
+    assert "docker push $IMAGE" in text
+    assert "IMAGE=REGION-docker.pkg.dev/PROJECT/REPO/tfx-export-archive:" in text
+
+
+def test_serving_image_is_a_kustomize_parameter(manifests):
+    (entry,) = manifests["Kustomization"]["images"]
+    name, _, tag = serving_container(manifests)["image"].rpartition(":")
+    # `kustomize edit set image tensorflow/serving=...` rewrites this entry.
+    assert entry["name"] == name
+    assert (entry["newName"], entry["newTag"]) == (name, tag)
 
 
 # --- Kubernetes manifests ----------------------------------------------------------
@@ -284,13 +344,17 @@ def test_submit_help_lists_the_flags():
     proc = run_submit("--help")
     assert proc.returncode == 0, proc.stderr
     for flag in ("--project", "--region", "--pipeline-root", "--image", "--service-account",
-                 "--dry-run", "--template"):
+                 "--dry-run", "--template", "--vertex-endpoint", "--serving-image"):
         assert flag in proc.stdout
 
 
 @pytest.mark.parametrize("args, message", [
     (["--pipeline-root", "/local/dir", "--image", "i"], "must be a gs:// path"),
     (["--pipeline-root", "gs://b/r"], "--image is required"),
+    (["--pipeline-root", "gs://b/r", "--image", "i", "--serving-image", "s"],
+     "--serving-image applies only with --vertex-endpoint"),
+    (["--pipeline-root", "gs://b/r", "--template", "t.json", "--vertex-endpoint", "e"],
+     "--vertex-endpoint is compiled into the template"),
 ])
 def test_submit_refuses_bad_flags_before_compiling(args, message):
     proc = run_submit("--project", "p", "--region", "us-central1", "--dry-run", *args)
