@@ -119,8 +119,9 @@ def _cmd_export(args) -> int:
         publish.check_output_path(args.output)
     except publish.OutputPathError as e:
         return _user_error(str(e))
-    # Before our own TensorFlow import (writer, sources): the check's clean process
-    # imports TensorFlow meanwhile, instead of after the SavedModel is written.
+    # Before our own TensorFlow import (writer, sources): the check's clean process is
+    # forked from ours right after TensorFlow loads, instead of importing it anew
+    # after the SavedModel is written (contract_process).
     from export_archive import contract_process
     contract_process.prestart_for(config, args.check)
     from export_archive import writer
@@ -210,7 +211,7 @@ def _cmd_describe(args) -> int:
 
 def _cmd_check(args) -> int:
     from export_archive import contract_process
-    contract_process.prestart_for(None, True)   # overlaps our TensorFlow import (check)
+    contract_process.prestart_for(None, True)   # before our TensorFlow import: see there
     from export_archive import check
 
     def error(message):

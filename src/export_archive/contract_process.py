@@ -53,10 +53,11 @@ class ContractProcess:
     """
 
     def __init__(self, fork: bool = False):
-        self.dir = tempfile.mkdtemp(prefix="serving-check-")
+        self.dir: Optional[str] = None   # made for a job only (see `path`)
         # stderr to a file, not a pipe: TensorFlow's log lines could fill a pipe
-        # nobody reads while the exporter works, and block the child.
-        self._stderr = open(self.path("stderr.txt"), "w+b")
+        # nobody reads while the exporter works, and block the child. An unnamed
+        # one: nothing is left behind when a process that never got a job ends.
+        self._stderr = tempfile.TemporaryFile()
         if fork:
             self.proc = _ForkedContract(self._stderr)
             return
@@ -68,6 +69,9 @@ class ContractProcess:
             stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
 
     def path(self, name: str) -> str:
+        """A file in the job's scratch directory (removed by `close`)."""
+        if self.dir is None:
+            self.dir = tempfile.mkdtemp(prefix="serving-check-")
         return os.path.join(self.dir, name)
 
     def alive(self) -> bool:
@@ -100,9 +104,9 @@ class ContractProcess:
         return None
 
     def stderr(self) -> str:
-        self._stderr.flush()
-        with open(self.path("stderr.txt"), "rb") as f:
-            return f.read().decode("utf-8", "replace").strip()
+        """What the process wrote to stderr (read once it has exited)."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace").strip()
 
     def close(self) -> None:
         """Ends the process (end of file on its stdin; killed if it lingers) and
@@ -117,7 +121,8 @@ class ContractProcess:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class _ForkedContract:

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shlex
+import warnings
 from typing import Any, Dict, List, Mapping, Optional
 
 import jinja2
@@ -356,7 +357,10 @@ def _decoded_example(value: Any) -> Optional[tf.train.Example]:
     if not isinstance(value, bytes):
         return None
     try:
-        example = tf.train.Example.FromString(value)
+        # Arbitrary bytes often parse partway; protobuf then warns before raising.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            example = tf.train.Example.FromString(value)
     except Exception:  # pylint: disable=broad-except  # not an Example: sent as bytes
         return None
     return example if example.SerializeToString() == value else None

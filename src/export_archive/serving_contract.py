@@ -234,9 +234,6 @@ def feeds_for(log, sig, graph):
 def run_requests(sess, meta_graph, logs, latency_runs):
     out, responses = [], []
     graph = sess.graph
-    # Latency samples by (fed tensors and their shapes, fetched tensors): an alias
-    # (serving_default for `serve`) runs the very same graph, so it is timed once.
-    timed = {}
     for log in logs:
         kind = log.WhichOneof("log_type")
         name = getattr(log, kind).request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -250,16 +247,11 @@ def run_requests(sess, meta_graph, logs, latency_runs):
             feed = feeds_for(log, sig, graph)
             first = sess.run(fetches, feed)
             second = sess.run(fetches, feed)
-            same_graph = (tuple(sorted((t.name, getattr(v, "shape", len(v)))
-                                       for t, v in feed.items())),
-                          tuple(t.name for t in fetches))
-            times = timed.get(same_graph)
-            if times is None:
-                times = timed[same_graph] = []
-                for _ in range(latency_runs):
-                    start = time.perf_counter()
-                    sess.run(fetches, feed)
-                    times.append(time.perf_counter() - start)
+            times = []
+            for _ in range(latency_runs):
+                start = time.perf_counter()
+                sess.run(fetches, feed)
+                times.append(time.perf_counter() - start)
         except Exception as e:  # pylint: disable=broad-except  # reported per endpoint
             out.append(result("run", False, f"{type(e).__name__}: {str(e)[:500]}", name))
             continue
@@ -267,7 +259,7 @@ def run_requests(sess, meta_graph, logs, latency_runs):
         deterministic = all(
             (a == b).all() if a.dtype.kind in "OSUb" else
             bool(((a == b) | ((a != a) & (b != b))).all()) for a, b in zip(first, second))
-        times = sorted(times)
+        times.sort()
         detail = {"batch": batch, "deterministic": deterministic}
         if times:
             detail.update({"p50_ms": 1000 * times[len(times) // 2],
