@@ -270,4 +270,4 @@ def test_check_cli_replays_the_models_warmup_requests(exported, tmp_path, capsys
     assert printed.startswith("serving check: FAILED")
     assert "from synthesized inputs" in printed and "{'" not in printed   # no dict reprs
     assert cli.main(["check", str(tmp_path / "missing"), "--json"]) == cli.EXIT_USER_ERROR
-    assert "saved_model.pb is missing" in json.loads(capsys.readouterr().out)["error"]
+    assert "does not exist" in json.loads(capsys.readouterr().out)["error"]

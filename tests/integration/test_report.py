@@ -48,7 +48,9 @@ SOURCE_URI = "gs://bucket/Trainer/model/7"
 def mixed_model():
     inputs = {name: keras.Input((1,), name=name) for name in fx.MIXED_FEATURES}
     h = keras.layers.Concatenate()([inputs[n] for n in fx.MIXED_FEATURES])
-    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4)(h)))
+    # Named: outputs are keyed by the output layer's name, which Keras would
+    # otherwise number by how many Dense layers the test process made before.
+    return keras.Model(inputs, keras.layers.Dense(2, name="scores")(keras.layers.Dense(4)(h)))
 
 
 class CodeBlocks(html.parser.HTMLParser):
@@ -238,7 +240,7 @@ def test_rest_examples_answer_like_the_model(exported, executed):
         assert {c["endpoint"]: c["body"] for c in json.loads(
             pages["report.json"])["call_examples"]}[name] == body
         _, outputs = runs[(name, "rest")]
-        assert set(outputs) == {"dense"}
+        assert set(outputs) == {"scores"}
         if name == "serving_default":
             # A serialized tf.Example, sent as {"b64": ...}.
             serialized = base64.b64decode(body["instances"][0]["examples"]["b64"])
@@ -246,7 +248,7 @@ def test_rest_examples_answer_like_the_model(exported, executed):
         else:
             features = {k: np.asarray(v).reshape(-1).tolist()
                         for k, v in body["instances"][0].items()}
-        np.testing.assert_allclose(outputs["dense"], expected(model, features), atol=1e-5)
+        np.testing.assert_allclose(outputs["scores"], expected(model, features), atol=1e-5)
 
 
 def test_grpc_examples_send_requests_the_signatures_answer(exported, executed):
@@ -259,7 +261,7 @@ def test_grpc_examples_send_requests_the_signatures_answer(exported, executed):
         assert request.model_spec.signature_name == name
         assert request.model_spec.name == report.DEFAULT_MODEL_NAME
         # The same instance as the REST example: the same answer.
-        np.testing.assert_array_equal(outputs["dense"], runs[(name, "rest")][1]["dense"])
+        np.testing.assert_array_equal(outputs["scores"], runs[(name, "rest")][1]["scores"])
     request = runs[("serving_default", "grpc")][0].predict_log.request
     serialized = tf.make_ndarray(request.inputs["examples"])[0]
     assert set(example_features(serialized)) >= set(fx.MIXED_FEATURES)
@@ -307,7 +309,7 @@ def test_skipped_check_breaking_contract_and_synthesized_examples(exported, tmp_
     tensors = rest.request_to_tensors(call["body"], describe.signature_def(
         result.output_dir, "serve_features"))
     [outputs] = serve(result.output_dir, [rest_log("serve_features", tensors)])
-    np.testing.assert_allclose(outputs["dense"],
+    np.testing.assert_allclose(outputs["scores"],
                                expected(model, {n: [0.0] for n in fx.MIXED_FEATURES}),
                                atol=1e-5)
 
