@@ -101,7 +101,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         logging.info("ModelExporter wrote %s with endpoints %s", serving_dir,
                      result.endpoint_names)
 
-
     @staticmethod
     def _not_published(output_model, report_artifact, reason: str, config: ExportConfig,
                        source_uri: str, contract_json: Optional[Dict[str, Any]] = None) -> None:
