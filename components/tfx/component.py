@@ -33,9 +33,9 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
 
     `baseline_model` (optional) is the model clients are served today: a Model
     channel (a Resolver with LatestBlessedModelStrategy) or a PushedModel channel
-    (Pusher's output through `baseline.latest_pushed_model()`). A new serving
-    contract that would break its clients stops the component before anything
-    is published (config ``contract``; docs/contract.md). Without one, or when
+    (Pusher's output through `latest_pushed_model()`). A new serving contract
+    that would break its clients is not published (config ``contract``;
+    docs/contract.md). Without one, or when
     it resolves to nothing (the first run), the report says "no baseline:
     contract not compared".
 
@@ -53,6 +53,9 @@ class ModelExporter(base_beam_component.BaseBeamComponent):
         with tfx.dsl.Cond(published(exporter)):
             evaluator = Evaluator(model=exporter.outputs["model"], ...)
             pusher = Pusher(model=exporter.outputs["model"], ...)
+
+    (For KubeflowV2DagRunner, see docs/evaluation.md: TFX 1.16 miscompiles
+    that Cond around an Evaluator with a LatestBlessedModelStrategy baseline.)
     """
 
     SPEC_CLASS = spec.ModelExporterSpec

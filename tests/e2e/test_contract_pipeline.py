@@ -143,7 +143,7 @@ def test_breaking_retrain_is_stopped_before_pusher_and_compatible_one_pushed(roo
         np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_baseline_model_takes_a_model_or_a_pushed_model_channel():
+def test_baseline_and_blessing_channels_are_routed_and_checked():
     """The constructor routes the channel by type; the executor reads each kind."""
     from tfx.types import channel, standard_artifacts
     from export_archive.components.tfx import component, executor, spec
@@ -161,6 +161,14 @@ def test_baseline_model_takes_a_model_or_a_pushed_model_channel():
     with pytest.raises(TypeError, match="Model or PushedModel"):
         component.ModelExporter(model=trained, export_config=serve,
                                 baseline_model=channel.Channel(type=standard_artifacts.Examples))
+
+    blessing = channel.Channel(type=standard_artifacts.ModelBlessing)
+    gated = component.ModelExporter(model=trained, export_config=serve,
+                                    model_blessing=blessing)
+    assert gated.inputs[spec.MODEL_BLESSING_KEY] is blessing
+    with pytest.raises(TypeError, match=r"model_blessing=\.\.\.\) takes a ModelBlessing"):
+        component.ModelExporter(model=trained, export_config=serve,
+                                model_blessing=channel.Channel(type=standard_artifacts.Model))
 
     model = standard_artifacts.Model()
     model.uri = "/models/7"
