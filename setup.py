@@ -13,7 +13,11 @@ setup(
                  "a checked, servable SavedModel through a declarative Keras ExportArchive."),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9,<3.12",
+    # Every range below is one a lane of `make test` tests at both ends (README,
+    # *Tested stack*): the pinned TFX lane (Python 3.10, TF 2.16, Keras 3.12,
+    # tf_keras 2.16, TFX 1.16; constraints.txt) and the current lane (Python 3.12,
+    # TF 2.21, Keras 3.15, tf_keras 2.21, TFT 1.21; constraints-current.txt).
+    python_requires=">=3.10,<3.13",
     # components/ and pipelines/ live at the top level of the repo but install as
     # subpackages, so a KFP/Vertex container can import the executor by class path.
     package_dir={
@@ -35,26 +39,37 @@ setup(
                   "export_archive.components.kfp": ["*.yaml"],
                   "export_archive.pipelines": ["data/penguins/*.csv"]},
     install_requires=[
-        "tensorflow>=2.15,<2.17",
-        "keras>=3.3",
-        "tf-keras>=2.15,<2.17",
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.12,<3.16",
+        "tf-keras>=2.16,<2.22",
         "absl-py",
-        "jinja2>=3",   # the export report's templates (report.py)
-        "numpy<2",
+        "jinja2>=3",      # the export report's templates (report.py)
+        "jsonschema>=4",  # the config's JSON Schema is its one source of truth
     ],
     extras_require={
-        "tfx": ["tfx[kfp]>=1.15,<1.17", "apache-beam[gcp]>=2.53",
-                "tensorflow-serving-api>=2.15,<2.17",
-                # The KFP component's vertex_model output type (ModelUploadOp's input).
-                # 2.3.0 is the one release whose kfp range (<3) admits kfp 2.5.0, which
-                # tfx[kfp] 1.16 resolves to; 2.4-2.8 need kfp<=2.4, 2.9+ kfp>=2.6.
+        # What the CLI, the Python API and the KFP step use beyond TF and Keras:
+        # Transform graphs and Beam parity (no TFX orchestration), TF Serving's
+        # protos, the KFP component and its Vertex output type.
+        "serving": ["tensorflow-serving-api>=2.16,<2.22"],
+        "transform": ["tensorflow-transform>=1.16,<1.22", "tfx-bsl>=1.16,<1.22",
+                      "apache-beam[gcp]>=2.60,<3"],
+        "kfp": ["kfp>=2.5,<2.18",
+                # The vertex_model output type (ModelUploadOp's input). 2.3.0 is the one
+                # release whose kfp range admits kfp 2.5.0 (tfx[kfp] 1.16's); the
+                # current lane takes the newest release for its kfp.
                 "google-cloud-pipeline-components>=2.3,<3"],
-        "test": ["pytest>=7", "hypothesis>=6", "jsonschema>=4", "psutil>=5",
+        # The TFX component, InfraValidator and the pipelines. TFX 1.17-1.21 need
+        # TF 2.17-2.21 and their ml-metadata/TFDV wheels need glibc >= 2.38.
+        "tfx": ["tfx[kfp]>=1.16,<1.22", "apache-beam[gcp]>=2.60,<3",
+                "tensorflow-serving-api>=2.16,<2.22",
+                "google-cloud-pipeline-components>=2.3,<3"],
+        "test": ["pytest>=7", "hypothesis>=6", "psutil>=5",
                  # registers ops outside core TF: the serving check must flag them
-                 "tensorflow-text>=2.15,<2.17",
-                 # TFX example Trainer modules of the zoo (tests/zoo/test_tfx_trainers.py):
-                 # penguin_utils_tfdf_experimental and penguin_utils_cloud_tuner import them
-                 "tensorflow-decision-forests>=1.9,<1.10", "tensorflow-cloud>=0.1.16"],
+                 "tensorflow-text>=2.16,<2.22"],
+        # TFX example Trainer modules of the zoo (tests/zoo/test_tfx_trainers.py):
+        # penguin_utils_tfdf_experimental and penguin_utils_cloud_tuner import them.
+        # Pinned lane only: TF-DF 1.9 is built against TF 2.16.
+        "test-tfx": ["tensorflow-decision-forests>=1.9,<1.10", "tensorflow-cloud>=0.1.16"],
     },
     entry_points={"console_scripts": ["export-archive=export_archive.cli:main"]},
 )

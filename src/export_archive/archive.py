@@ -1,32 +1,43 @@
 """ExportArchive variants that store every weight once and honour `serving_default`.
 
-Why these subclasses exist:
+Our archives *wrap* a stock ExportArchive (Keras 3's `keras.export.ExportArchive`
+or tf_keras's `tf_keras.export.ExportArchive`) instead of subclassing it, because
+the stock classes are not stable to subclass: since Keras 3.14,
+`keras.export.ExportArchive()` is a factory whose `__new__` returns a
+backend-specific instance (so a subclass's own methods are lost), and the
+private members an override would replace (`_track_layer`, `_print_signature`)
+moved. What we add on top:
 
 * **One variable per weight.** With the TensorFlow backend, a Keras 3
-  `keras.Variable` is a trackable *wrapper* around a `tf.Variable`. Keras 3's
-  `ExportArchive.track()` puts the wrappers into the saved `variables` lists,
-  while `_filter_and_track_resources()` puts the `tf.Variable`s that the
-  endpoints captured into `_all_variables`. The checkpoint then reaches each
-  weight along two paths, as two different objects, and saves it twice; and the
+  `keras.Variable` is a trackable *wrapper* around a `tf.Variable`. The stock
+  `track()` puts the wrappers into the saved `variables` lists, while the
+  endpoints capture the `tf.Variable`s. The checkpoint then reaches each weight
+  along two paths, as two different objects, and saves it twice; and the
   wrapper's `_export_to_saved_model_graph` creates a fresh `tf.Variable` for
-  itself, so the serving graph holds extra variable handles too. We put the
-  underlying `tf.Variable` in every list we save, so both paths lead to one
-  object. tf_keras models have no wrapper and are unaffected.
+  itself, so the serving graph holds extra variable handles too. After each
+  stock `track()` / `add_variable_collection()` we put the underlying
+  `tf.Variable` in every saved list, so both paths lead to one object. tf_keras
+  models have no wrapper and are unaffected.
 * **`serving_default` by config.** The stock `write_out` always aliases the
   first endpoint; the config may name another one (`write_out(...,
   serving_default=NAME)`), and may set classify/regress method names.
 
-Otherwise they behave as the stock classes: same signatures (our extras are
-keyword-only), same errors, same printed summary. Keras's own ExportArchive
-test suite runs against them in tests/integration/test_keras_export_suite.py.
+Everything else is the stock object's: public calls are forwarded, and so is any
+other attribute (e.g. a reloaded endpoint, or the stock `_tf_trackable` that
+Keras's own tests read). The few private members of the stock object our extras
+need (the endpoint list, its concrete functions, the saved root and the
+resource filter run before saving) are read in one place, `_StockInternals`,
+which Keras's own ExportArchive test suite and ours check on every Keras in the
+lanes (tests/integration/test_keras_export_suite.py).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Dict, Iterable, List, Optional
+import sys
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import tensorflow as tf
+from absl import logging
 
 
 def unwrap_variable(variable: Any) -> Any:
@@ -41,7 +52,49 @@ def unwrap_variables(variables: Iterable[Any]) -> List[Any]:
     return [unwrap_variable(v) for v in variables]
 
 
-class _ArchiveMixin:
+class _StockInternals:
+    """The private members of a stock ExportArchive that `write_out`'s extras need.
+
+    Keras has no public hook for them: the extras save the same root with a
+    signature map of our own, so they need the root, the endpoint names, each
+    endpoint's concrete function and the stock resource filter (it collects the
+    variables and lookup tables the endpoints use before saving). They have kept
+    these names from Keras 3.3 to 3.15 and tf_keras 2.15 to 2.21; if a release
+    renames one, this is the one place to adapt (with a version check), and
+    `check()` names what is missing instead of failing deep inside a save.
+    """
+
+    NAMES = ("_endpoint_names", "_get_concrete_fn", "_filter_and_track_resources")
+
+    def __init__(self, stock, root_attribute: Optional[str]):
+        self._stock = stock
+        self._root_attribute = root_attribute
+        missing = [n for n in self.NAMES + ((root_attribute,) if root_attribute else ())
+                   if not hasattr(stock, n)]
+        if missing:
+            raise RuntimeError(
+                f"{type(stock).__module__}.{type(stock).__name__} lacks {missing}, which "
+                "export_archive.archive reads; this Keras version is not supported yet "
+                "(supported: keras 3.12-3.15, tf_keras 2.16-2.21).")
+
+    @property
+    def root(self):
+        """The trackable `write_out` saves (tf_keras: the archive itself)."""
+        return getattr(self._stock, self._root_attribute) if self._root_attribute \
+            else self._stock
+
+    @property
+    def endpoint_names(self) -> List[str]:
+        return list(self._stock._endpoint_names)
+
+    def concrete_fn(self, name: str):
+        return self._stock._get_concrete_fn(name)
+
+    def prepare_save(self) -> None:
+        self._stock._filter_and_track_resources()
+
+
+class _ArchiveBase:
     """Shared by the Keras 3 and tf_keras archives; see the module docstring.
 
     The public methods keep the stock signatures and errors: Keras's own
@@ -49,12 +102,50 @@ class _ArchiveMixin:
     ones (tests/integration/test_keras_export_suite.py).
     """
 
-    def _trackable_root(self):
-        raise NotImplementedError
+    # Set by the per-flavor subclasses below.
+    _stock_factory: Callable[[], Any]
+    _root_attribute: Optional[str] = None
 
-    def _stock_printers(self, verbose):
-        """The stock module's (print_signature(fn, name), print_msg) for the summary."""
-        raise NotImplementedError
+    def __init__(self):
+        # Through object.__setattr__: `__setattr__` below forwards to the stock.
+        stock = type(self)._stock_factory()
+        object.__setattr__(self, "_stock", stock)
+        object.__setattr__(self, "_internals", _StockInternals(stock, self._root_attribute))
+
+    # -- forwarding: the stock object is the archive; we only add to it
+
+    def __getattr__(self, name):
+        # Only called for what this class lacks: endpoints reloaded as
+        # attributes, `variables`, the stock's own members.
+        return getattr(object.__getattribute__(self, "_stock"), name)
+
+    def __setattr__(self, name, value):
+        setattr(self._stock, name, value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} wrapping {self._stock!r}>"
+
+    @property
+    def stock(self):
+        """The stock ExportArchive this one fills (public API, e.g. to pass on)."""
+        return self._stock
+
+    def _trackable_root(self):
+        return self._internals.root
+
+    def track(self, resource):
+        result = self._stock.track(resource)
+        self._unwrap_saved_variables()
+        return result
+
+    def add_endpoint(self, name, fn, input_signature=None, **kwargs):
+        return self._stock.add_endpoint(name, fn, input_signature, **kwargs)
+
+    def track_and_add_endpoint(self, name, resource, input_signature, **kwargs):
+        # Not forwarded: the stock method calls the stock `track`, which would
+        # skip the unwrapping in ours.
+        self.track(resource)
+        return self.add_endpoint(name, resource.__call__, input_signature, **kwargs)
 
     def add_variable_collection(self, name, variables):
         # The stock method validates first: the container (a list/tuple/set, so
@@ -63,23 +154,35 @@ class _ArchiveMixin:
         # dict into its keys and a generator into an accepted list. So let it
         # validate and store `list(variables)`, then swap the stored Keras 3
         # wrappers for their tf.Variables (module docstring).
-        super().add_variable_collection(name, variables)
-        root = self._trackable_root()
+        self._stock.add_variable_collection(name, variables)
+        root = self._internals.root
         setattr(root, name, unwrap_variables(getattr(root, name)))
 
+    def _unwrap_saved_variables(self) -> None:
+        root = self._internals.root
+        for attribute in ("variables", "trainable_variables", "non_trainable_variables"):
+            stored = getattr(root, attribute, None)
+            if stored is None:
+                continue
+            unwrapped = unwrap_variables(stored)
+            if any(a is not b for a, b in zip(unwrapped, stored)):
+                # A new list, not an in-place edit: TF refuses to save a tracked
+                # list whose items were replaced.
+                setattr(root, attribute, unwrapped)
+
     def concrete_endpoint(self, name: str):
-        return self._get_concrete_fn(name)
+        return self._internals.concrete_fn(name)
 
     def attach(self, name: str, trackable) -> None:
         """Saves `trackable` (e.g. a Transform layer with its tables and assets) as a
         child of the SavedModel root, reachable on reload as an attribute."""
-        setattr(self._trackable_root(), name, trackable)
+        setattr(self._internals.root, name, trackable)
 
     def write_out(self, filepath, options=None, verbose=True, *,
                   serving_default: Optional[str] = None,
                   method_names: Optional[Dict[str, str]] = None,
                   signature_functions: Optional[Dict[str, Any]] = None):
-        """The stock `write_out`, plus two keyword-only extras.
+        """The stock `write_out`, plus three keyword-only extras.
 
         Args:
           filepath, options, verbose: as in the stock method. `verbose` prints
@@ -94,66 +197,86 @@ class _ArchiveMixin:
             its *signature* instead of the endpoint function itself (e.g. one whose
             outputs carry the model's names); the endpoint method is unchanged.
         """
-        if not self._endpoint_names:
+        internals = self._internals
+        endpoint_names = internals.endpoint_names
+        if not endpoint_names:
             raise ValueError("No endpoints have been set yet. Call add_endpoint().")
         # Arguments are checked before anything is traced or written, so a bad
         # one leaves nothing on disk.
-        aliased = self._serving_default_endpoint(serving_default)
+        aliased = _serving_default_endpoint(endpoint_names, serving_default)
         method_names = _checked_method_names(
-            method_names, list(dict.fromkeys(self._endpoint_names + ["serving_default"])))
+            method_names, list(dict.fromkeys(endpoint_names + ["serving_default"])))
         if aliased != "serving_default" and aliased in method_names:
             # The alias is the same function, so it takes the same method.
             method_names["serving_default"] = method_names[aliased]
-        self._filter_and_track_resources()
         signature_functions = dict(signature_functions or {})
-        unknown = sorted(set(signature_functions) - set(self._endpoint_names))
+        unknown = sorted(set(signature_functions) - set(endpoint_names))
         if unknown:
             raise ValueError(f"write_out(signature_functions=...): {unknown} are not "
-                             f"endpoints. Allowed: {self._endpoint_names}.")
+                             f"endpoints. Allowed: {endpoint_names}.")
+        internals.prepare_save()
         signatures: Dict[str, Any] = {
-            name: signature_functions.get(name) or self._get_concrete_fn(name)
-            for name in self._endpoint_names}
+            name: signature_functions.get(name) or internals.concrete_fn(name)
+            for name in endpoint_names}
         # TF Serving calls `serving_default` when a request names no signature.
         signatures.setdefault("serving_default", signatures[aliased])
-        tf.saved_model.save(self._trackable_root(), filepath, options=options,
+        tf.saved_model.save(internals.root, filepath, options=options,
                             signatures=signatures)
         if method_names:
             set_method_names(filepath, method_names)
         if verbose:
-            self._print_endpoints(filepath, verbose)
+            self._print_msg(_endpoints_summary(
+                filepath, {name: internals.concrete_fn(name) for name in endpoint_names},
+                verbose))
 
-    def _serving_default_endpoint(self, requested: Optional[str]) -> str:
-        names = self._endpoint_names
-        if "serving_default" in names:
-            if requested in (None, "serving_default"):
-                return "serving_default"
-            raise ValueError(
-                f"write_out(serving_default={requested!r}): an endpoint is already named "
-                f"'serving_default', so it is the default signature. Allowed: "
-                f"'serving_default' or None. Fix: rename that endpoint, or omit "
-                f"serving_default.")
-        if requested is None:
-            return names[0]
-        if requested not in names:
-            raise ValueError(
-                f"write_out(serving_default={requested!r}): no endpoint has that name. "
-                f"Allowed: {', '.join(repr(n) for n in names)}. Fix: pass the name of an "
-                f"endpoint added with add_endpoint(), or omit serving_default to alias "
-                f"the first endpoint ({names[0]!r}).")
-        return requested
+    @staticmethod
+    def _print_msg(message: str) -> None:
+        raise NotImplementedError
 
-    def _print_endpoints(self, filepath, verbose) -> None:
-        # The stock text, built with the stock (private) helpers so it stays the
-        # same text; test_keras_export_suite.py compares it with the stock
-        # output. Their print_msg honours Keras's interactive-logging switch
-        # (stdout, or absl logging when it is off).
-        print_signature, print_msg = self._stock_printers(verbose)
-        root = self._trackable_root()
-        endpoints = "\n\n".join(
-            print_signature(getattr(root, name), name) for name in self._endpoint_names)
-        print_msg(f"Saved artifact at '{filepath}'. "
-                  "The following endpoints are available:\n\n"
-                  f"{endpoints}")
+
+def _serving_default_endpoint(names: List[str], requested: Optional[str]) -> str:
+    if "serving_default" in names:
+        if requested in (None, "serving_default"):
+            return "serving_default"
+        raise ValueError(
+            f"write_out(serving_default={requested!r}): an endpoint is already named "
+            f"'serving_default', so it is the default signature. Allowed: "
+            f"'serving_default' or None. Fix: rename that endpoint, or omit "
+            f"serving_default.")
+    if requested is None:
+        return names[0]
+    if requested not in names:
+        raise ValueError(
+            f"write_out(serving_default={requested!r}): no endpoint has that name. "
+            f"Allowed: {', '.join(repr(n) for n in names)}. Fix: pass the name of an "
+            f"endpoint added with add_endpoint(), or omit serving_default to alias "
+            f"the first endpoint ({names[0]!r}).")
+    return requested
+
+
+def _endpoints_summary(filepath, concrete_fns: Dict[str, Any], verbose) -> str:
+    """The stock summary text, built from TF's public `pretty_printed_signature`
+    the way both stock printers build it (test_keras_export_suite.py compares the
+    two texts)."""
+    blocks = []
+    for name, fn in concrete_fns.items():
+        if hasattr(fn, "get_concrete_function"):   # a tf.function with a signature
+            fn = fn.get_concrete_function()
+        lines = fn.pretty_printed_signature(verbose=bool(verbose)).split("\n")
+        blocks.append("\n".join([f"* Endpoint '{name}'"] + lines[1:]))
+    endpoints = "\n\n".join(blocks)
+    return (f"Saved artifact at '{filepath}'. The following endpoints are available:"
+            f"\n\n{endpoints}")
+
+
+def _print_via(interactive: Callable[[], bool], message: str) -> None:
+    """What the stock printers do: stdout while Keras's interactive logging is on
+    (the default), absl logging otherwise."""
+    if interactive():
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+    else:
+        logging.info(message)
 
 
 _METHOD_NAMES = (tf.saved_model.PREDICT_METHOD_NAME, tf.saved_model.CLASSIFY_METHOD_NAME,
@@ -205,23 +328,17 @@ def set_method_names(export_dir: str, method_names: Dict[str, str]) -> None:
 def _keras3_archive_class():
     import keras
 
-    class Keras3ExportArchive(_ArchiveMixin, keras.export.ExportArchive):
+    class Keras3ExportArchive(_ArchiveBase):
         """Keras 3 `ExportArchive` saving each weight once (module docstring)."""
 
-        def _trackable_root(self):
-            return self._tf_trackable
+        # Bound now, not looked up per call: Keras's suite rebinds
+        # `keras.export.ExportArchive` to this class (tests/keras_suite).
+        _stock_factory = keras.export.ExportArchive
+        _root_attribute = "_tf_trackable"
 
-        def _stock_printers(self, verbose):
-            from keras.src.export.saved_model import _print_signature
-            from keras.src.utils import io_utils
-            return functools.partial(_print_signature, verbose=verbose), io_utils.print_msg
-
-        def _track_layer(self, layer):
-            # The stock version appends keras.Variable wrappers: see module docstring.
-            root = self._tf_trackable
-            root.variables += unwrap_variables(layer.variables)
-            root.trainable_variables += unwrap_variables(layer.trainable_variables)
-            root.non_trainable_variables += unwrap_variables(layer.non_trainable_variables)
+        @staticmethod
+        def _print_msg(message: str) -> None:
+            _print_via(keras.config.is_interactive_logging_enabled, message)
 
     return Keras3ExportArchive
 
@@ -229,16 +346,15 @@ def _keras3_archive_class():
 def _tf_keras_archive_class():
     import tf_keras
 
-    class TfKerasExportArchive(_ArchiveMixin, tf_keras.export.ExportArchive):
+    class TfKerasExportArchive(_ArchiveBase):
         """tf_keras `ExportArchive` with `serving_default` chosen by config."""
 
-        def _trackable_root(self):
-            return self
+        _stock_factory = tf_keras.export.ExportArchive
+        _root_attribute = None   # the tf_keras archive is itself the saved root
 
-        def _stock_printers(self, verbose):
-            from tf_keras.src.export.export_lib import _print_signature
-            from tf_keras.src.utils import io_utils
-            return _print_signature, io_utils.print_msg
+        @staticmethod
+        def _print_msg(message: str) -> None:
+            _print_via(tf_keras.utils.is_interactive_logging_enabled, message)
 
     return TfKerasExportArchive
 
