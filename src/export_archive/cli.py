@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true",
                         help="on an internal error, print the Python traceback too (for "
                              "a bug report)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's C++ log lines (off by default, unless "
+                             "TF_CPP_MIN_LOG_LEVEL is set)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     exp = sub.add_parser("export", help="export a model with the endpoints of a config")
@@ -185,10 +188,13 @@ def _cmd_export(args) -> int:
 
 def _saved_model_dir(path: str) -> str:
     """`path` (or its TFX artifact's Format-Serving/) if saved_model.pb is there and
-    parses; else a `SourceError` saying what is wrong (empty, truncated, missing)."""
-    from export_archive.sources import check_saved_model_proto, resolve_model_path
+    parses and its variables read back; else a `SourceError` naming the damaged file
+    (empty, truncated, missing saved_model.pb; corrupt variables.index or data shard)."""
+    from export_archive.sources import (check_saved_model_proto, check_saved_model_variables,
+                                        resolve_model_path)
     resolved = resolve_model_path(path)
     check_saved_model_proto(resolved)
+    check_saved_model_variables(resolved)
     return resolved
 
 
@@ -255,7 +261,22 @@ def _cmd_diff(args) -> int:
     return EXIT_CHECK_FAILED if diff.breaking else 0
 
 
+def quiet_native_logs(argv: Optional[List[str]] = None) -> None:
+    """Turns TensorFlow's C++ logging down to FATAL, unless the user asked for logs
+    (`--verbose`, or TF_CPP_MIN_LOG_LEVEL set). Must run before TensorFlow loads.
+
+    Why: what TF's C++ side logs on a healthy run is noise to a CLI user, and some of
+    it reads as a failure. TF 2.17+ wheels log `failed call to cuInit` at ERROR on
+    every machine without a GPU, and output errors reach the user as exceptions
+    anyway, in the one paragraph the CLI prints.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if "--verbose" not in args:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    quiet_native_logs(argv)
     from export_archive import interrupt, publish
     record = publish.PublishRecord()   # tells an interrupted export what it did
     try:

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from export_archive import contract
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 
 NAME = "contract-e2e"
 

@@ -17,7 +17,7 @@ import pytest
 from export_archive import describe
 from helpers import fake_tf_serving
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 
 NAME = "export-archive-infra"
 ENDPOINTS = ["serve_raw", "serving_default"]   # the main job's default export config

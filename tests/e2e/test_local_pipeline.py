@@ -18,7 +18,7 @@ import pytest
 from helpers.local_pipeline import (check_pushed_model, component_lines, artifact_dir,
                                     run_main_job, summary_value)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 
 NAME = "export-archive-penguin-keras3"
 # Without the contract baseline, so that the second identical run is entirely cached

@@ -10,7 +10,7 @@ import tensorflow as tf
 from helpers.local_pipeline import (artifact_dir, check_pushed_model, component_lines,
                                     run_main_job, summary_value)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 
 NAME = "export-archive-penguin-keras2"
 

@@ -110,6 +110,11 @@ def _read(path: str) -> str:
 def _zygote_main() -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)   # stray prints must not corrupt the protocol
+    # The children stand for `export-archive` started from a shell that set no
+    # TF_CPP_MIN_LOG_LEVEL, so TF must load with the CLI's default, as it would there.
+    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    from export_archive import cli
+    cli.quiet_native_logs([])
     import numpy  # noqa: F401
     import tensorflow  # noqa: F401
     import keras  # noqa: F401

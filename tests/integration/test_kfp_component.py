@@ -1,18 +1,21 @@
 """The standalone KFP v2 component: its compiled YAML, and real runs through kfp.local.
 
-kfp 2.5.0 (the version tfx[kfp]==1.16 pins) runs single Lightweight Python
-components locally, but refuses input artifacts ("Input artifacts are not
-supported") and pipelines ("Local pipeline execution is not currently
-supported"), so neither a direct call with a Model nor a pipeline with an
-`importer` can feed our component a model. `run_local` below runs the committed
-YAML through kfp.local's own task dispatcher (placeholder resolution,
-SubprocessRunner(use_venv=False) -> this interpreter, executor_main, executor
-output parsing) and only adds the input artifact to the ExecutorInput that
-kfp.local builds, the way a KFP backend would.
+On kfp 2.7 and later (the current lane: 2.17), `run_local` runs the committed YAML in
+a real kfp.local pipeline: `dsl.importer` brings the trained model in, as a user's
+pipeline does. kfp 2.5.0 (the version tfx[kfp]==1.16 pins, the pinned lane) runs
+single Lightweight Python components locally, but refuses input artifacts ("Input
+artifacts are not supported") and pipelines ("Local pipeline execution is not
+currently supported"); there `run_local` runs the YAML through kfp.local's own task
+dispatcher (placeholder resolution, SubprocessRunner(use_venv=False) -> this
+interpreter, executor_main, executor output parsing) and only adds the input
+artifact to the ExecutorInput that kfp.local builds, the way a KFP backend would.
 """
 
+import inspect
 import json
 import os
+import re
+import typing
 import warnings
 
 import pytest
@@ -27,6 +30,9 @@ from google_cloud_pipeline_components.types.artifact_types import (  # noqa: E40
     UnmanagedContainerModel)
 
 from export_archive.components.kfp import component as kfp_component  # noqa: E402
+
+# kfp.local runs pipelines, importers included, from kfp 2.7 on.
+LOCAL_PIPELINES = tuple(int(p) for p in kfp.__version__.split(".")[:2]) >= (2, 7)
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +53,10 @@ def executor_input_with_artifacts(component_spec, arguments, task_root, input_ar
     stripped = pipeline_spec_pb2.ComponentSpec()
     stripped.CopyFrom(component_spec)
     stripped.input_definitions.ClearField("artifacts")
-    executor_input = _construct_executor_input(stripped, arguments, task_root)
+    # kfp 2.7+ takes whether to refuse input artifacts (they are added below).
+    extra = ({"block_input_artifact": False} if "block_input_artifact"
+             in inspect.signature(_construct_executor_input).parameters else {})
+    executor_input = _construct_executor_input(stripped, arguments, task_root, **extra)
     for name, (uri, metadata) in input_artifacts.items():
         artifact = pipeline_spec_pb2.RuntimeArtifact(
             name=name, uri=uri,
@@ -57,12 +66,16 @@ def executor_input_with_artifacts(component_spec, arguments, task_root, input_ar
     return executor_input
 
 
-def run_local(pipeline_spec, parameters, input_artifacts, pipeline_root, monkeypatch):
-    """Runs a compiled component with kfp.local, input artifacts {name: uri} included."""
+def run_local(parameters, trained_model_uri, pipeline_root, monkeypatch):
+    """Runs the committed component YAML with kfp.local, fed the Model at
+    `trained_model_uri`; returns its outputs {name: artifact}."""
+    if LOCAL_PIPELINES:
+        return _run_in_local_pipeline(parameters, trained_model_uri, pipeline_root)
+    pipeline_spec = loaded_component().pipeline_spec
+
     def with_inputs(component_spec, arguments, task_root):
-        return executor_input_with_artifacts(
-            component_spec, arguments, task_root,
-            {name: (uri, {}) for name, uri in input_artifacts.items()})
+        return executor_input_with_artifacts(component_spec, arguments, task_root,
+                                             {"trained_model": (trained_model_uri, {})})
 
     monkeypatch.setattr(executor_input_utils, "construct_executor_input", with_inputs)
     with warnings.catch_warnings():
@@ -74,12 +87,41 @@ def run_local(pipeline_spec, parameters, input_artifacts, pipeline_root, monkeyp
             raise_on_error=True)
 
 
+def _run_in_local_pipeline(parameters, trained_model_uri, pipeline_root):
+    comp = loaded_component()
+    outputs = {"model": dsl.Model, "report_markdown": dsl.Markdown,
+               "report_html": dsl.HTML, "vertex_model": UnmanagedContainerModel}
+    assert set(outputs) == set(comp.component_spec.outputs)
+    returned = typing.NamedTuple("Outputs", list(outputs.items()))
+
+    @dsl.pipeline(name="model-exporter-local")
+    def exporter_pipeline(model_uri: str, export_config: str) -> returned:
+        trained = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
+        task = comp(trained_model=trained.output, export_config=export_config)
+        return returned(**{name: task.outputs[name] for name in outputs})
+
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(pipeline_root), raise_on_error=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
+        return exporter_pipeline(model_uri=trained_model_uri, **parameters).outputs
+
+
 # --- the compiled YAML -------------------------------------------------------------
+
+def _without_compiler_stamp(text):
+    """The YAML without its last line, `# ...: kfp-X.Y.Z`: the committed file is
+    compiled with the pinned lane's kfp, and the current lane's kfp must compile
+    the same component."""
+    lines = text.rstrip("\n").split("\n")
+    assert re.fullmatch(r"sdkVersion: kfp-[0-9.]+", lines[-1].strip()), lines[-1]
+    return "\n".join(lines[:-1])
+
 
 def test_committed_yaml_is_in_sync(tmp_path):
     fresh = kfp_component.compile_component(str(tmp_path / "component.yaml"))
     with open(fresh) as f, open(kfp_component.COMPONENT_YAML) as committed:
-        assert committed.read() == f.read(), (
+        assert _without_compiler_stamp(committed.read()) == _without_compiler_stamp(f.read()), (
             "components/kfp/model_exporter_component.yaml is stale: regenerate it with "
             "`python -m export_archive.components.kfp.component`")
 
@@ -132,9 +174,11 @@ def test_component_composes_in_a_pipeline(tmp_path):
     assert set(tasks) == {"importer", "model-exporter"}
 
 
+@pytest.mark.skipif(LOCAL_PIPELINES, reason=f"kfp {kfp.__version__} runs pipelines with "
+                    "importers locally: run_local uses one")
 def test_kfp_local_refuses_input_artifacts_in_this_kfp(tmp_path):
-    """Why run_local exists: if this starts failing, kfp.local has learned input
-    artifacts (kfp >= 2.7 runs pipelines with importers) and run_local can go."""
+    """Why run_local's dispatcher path exists: kfp 2.5's kfp.local refuses input
+    artifacts (kfp >= 2.7 runs pipelines with importers)."""
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
     with pytest.raises(ValueError, match="Input artifacts are not supported"):
         kfp_component.model_exporter(trained_model=dsl.Model(uri=str(tmp_path)),
@@ -164,9 +208,7 @@ def keras_model_dir(tmp_path_factory):
 def exported(keras_model_dir, tmp_path_factory):
     """The outputs of one local run of the committed YAML (serving_image left empty)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return run_local(loaded_component().pipeline_spec,
-                         {"export_config": json.dumps(CONFIG)},
-                         {"trained_model": keras_model_dir},
+        return run_local({"export_config": json.dumps(CONFIG)}, keras_model_dir,
                          tmp_path_factory.mktemp("kfp_local"), monkeypatch)
 
 
@@ -199,8 +241,7 @@ def test_local_run_exports_the_model(exported):
 def test_local_run_bad_config_fails_without_output(keras_model_dir, tmp_path, monkeypatch):
     bad = {"endpoints": [{"name": "serve", "input_signature": ["float23[?,3]"]}]}
     with pytest.raises(RuntimeError, match="FAILURE"):
-        run_local(loaded_component().pipeline_spec, {"export_config": json.dumps(bad)},
-                  {"trained_model": keras_model_dir}, tmp_path, monkeypatch)
+        run_local({"export_config": json.dumps(bad)}, keras_model_dir, tmp_path, monkeypatch)
     written = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
     assert not any(f.endswith("saved_model.pb") for f in written)
 
@@ -267,10 +308,13 @@ def upload_request(upload_spec, vertex_model, tmp_path, monkeypatch):
         component, arguments, str(tmp_path),
         {"unmanaged_container_model": (vertex_model.uri, vertex_model.metadata)})
     container = upload_spec.deployment_spec["executors"]["exec-model-upload"]["container"]
+    # kfp 2.7+ also takes the run's unique id (for the {{$.pipeline_job_uuid}} family).
+    extra = (["export-and-upload-run"] if "unique_pipeline_id"
+             in inspect.signature(placeholder_utils.replace_placeholders).parameters else [])
     command = placeholder_utils.replace_placeholders(
         list(container["command"]) + list(container["args"]),
         json_format.MessageToDict(executor_input), "export-and-upload", "model-upload",
-        str(tmp_path))
+        str(tmp_path), *extra)
     assert command[:4] == ["python3", "-u", "-m", launcher.__name__]
 
     sent = []
@@ -284,8 +328,10 @@ def upload_request(upload_spec, vertex_model, tmp_path, monkeypatch):
             return {"name": "operations/1"}
 
         def poll_lro(self, lro):
+            # Vertex's REST API answers in camelCase, which GCPC 2.22 reads; GCPC 2.3
+            # reads the snake_case key. Both are given: each lane's GCPC takes its own.
             return {"response": {"model": "projects/1/locations/us-central1/models/7",
-                                 "model_version_id": "1"}}
+                                 "modelVersionId": "1", "model_version_id": "1"}}
 
     monkeypatch.setattr(lro_remote_runner, "LroRemoteRunner", RecordingLroRunner)
     launcher.main(command[4:])

@@ -33,6 +33,7 @@ def test_module_examples_run():
     assert doctest.testmod(console).failed == 0
 
 
+@pytest.mark.tfx
 def test_tfx_still_logs_the_messages_the_hook_reads():
     """Read TFX's source (without importing it): a reworded message would silently
     drop the component lines."""
@@ -202,6 +203,7 @@ class FakeArtifact:
     get_int_custom_property = get_string_custom_property
 
 
+@pytest.mark.tfx
 def test_not_pushed_names_the_step_that_said_no():
     roles = local_runner.Roles(exporter="ModelExporter", evaluator=("Evaluator", "blessing"),
                                pusher=("Pusher", "pushed_model"))

@@ -53,11 +53,11 @@ def scratch(tmp_path):
     return tmp_path
 
 
-def setup_run(root, **env):
+def setup_run(root, *lane, **env):
     calls = root / "calls.log"
     calls.write_text("")
     proc = subprocess.run(
-        ["bash", str(root / "scripts" / "setup.sh")], capture_output=True, text=True,
+        ["bash", str(root / "scripts" / "setup.sh"), *lane], capture_output=True, text=True,
         timeout=60, env={**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
                          "CALLS": str(calls), "REAL_PYTHON": sys.executable,
                          "PYTHON310": sys.executable, **env})
@@ -68,7 +68,7 @@ def setup_run(root, **env):
 def test_second_run_skips_the_install_and_a_change_reinstalls(scratch):
     proc, installs = setup_run(scratch)
     assert proc.returncode == 0, proc.stderr
-    assert len(installs) == 1 and "-c constraints.txt -e .[tfx,test]" in installs[0]
+    assert len(installs) == 1 and "-c constraints.txt -e .[tfx,test,test-tfx]" in installs[0]
     assert "setup: .venv ready" in proc.stdout
     stamp = (scratch / ".venv" / ".setup-stamp").read_text()
 
@@ -93,3 +93,29 @@ def test_a_failed_install_leaves_no_stamp(scratch):
     assert len(installs) == 2, installs
     assert proc.returncode != 0
     assert not (scratch / ".venv" / ".setup-stamp").exists()
+
+
+def test_the_current_lane_has_its_own_venv_constraints_and_stamp(scratch):
+    """`setup.sh current`: .venv-current under constraints-current.txt, its own stamp;
+    the pinned lane's .venv is not touched."""
+    (scratch / "constraints-current.txt").write_text("tensorflow==2.21.0\n")
+    write_executable(str(scratch / ".venv-current" / "bin" / "python"), FAKE_PYTHON)
+    proc, installs = setup_run(scratch, "current", PYTHON_FOR_LANE=sys.executable)
+    assert proc.returncode == 0, proc.stderr
+    assert len(installs) == 1, installs
+    assert "-p .venv-current/bin/python -c constraints-current.txt " \
+           "-e .[serving,transform,kfp,test]" in installs[0]
+    assert "setup: .venv-current ready" in proc.stdout
+    assert (scratch / ".venv-current" / ".setup-stamp").exists()
+    assert not (scratch / ".venv" / ".setup-stamp").exists()
+    proc, installs = setup_run(scratch, "current", PYTHON_FOR_LANE=sys.executable)
+    assert installs == [] and "up to date" in proc.stdout
+    (scratch / "constraints-current.txt").write_text("tensorflow==2.21.1\n")
+    proc, installs = setup_run(scratch, "current", PYTHON_FOR_LANE=sys.executable)
+    assert proc.returncode == 0 and len(installs) == 1, (proc.stdout, proc.stderr)
+
+
+def test_an_unknown_lane_is_refused(scratch):
+    proc, installs = setup_run(scratch, "newest")
+    assert proc.returncode == 2 and installs == []
+    assert "unknown lane 'newest'. allowed: pinned, current" in proc.stderr

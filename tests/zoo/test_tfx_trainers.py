@@ -25,7 +25,7 @@ from zoo import tfx_trainers
 from zoo.rows import record_row
 from zoo.tfx_trainers import MODULES, TOLERANCE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.tfx]
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER_TIMEOUT = 1800
