@@ -187,11 +187,12 @@ def example_features(serialized: bytes) -> dict:
             for name, f in example.features.feature.items()}
 
 
-def rest_call(blocks, endpoint):
-    """(URL, JSON body) of the endpoint's curl command, as a shell would split it."""
+def rest_call(blocks, endpoint, parse=json.loads):
+    """(URL, body) of the endpoint's curl command, as a shell would split it; the
+    body text given to `parse`."""
     argv = shlex.split(blocks.text(endpoint, "rest").replace("\\\n", " "))
     assert argv[:4] == ["curl", "-s", "-X", "POST"]
-    return argv[4], json.loads(argv[argv.index("-d") + 1])
+    return argv[4], parse(argv[argv.index("-d") + 1])
 
 
 def test_verdict_comes_first(exported):
@@ -249,6 +250,9 @@ def test_rest_examples_answer_like_the_model(exported, executed):
             features = {k: np.asarray(v).reshape(-1).tolist()
                         for k, v in body["instances"][0].items()}
         np.testing.assert_allclose(outputs["scores"], expected(model, features), atol=1e-5)
+        # The answer a REST client reads back, written as TF Serving writes it.
+        [row] = rest.outputs_to_predictions(outputs)["predictions"]
+        np.testing.assert_allclose(row, outputs["scores"][0], rtol=1e-6)
 
 
 def test_grpc_examples_send_requests_the_signatures_answer(exported, executed):
@@ -280,6 +284,11 @@ def test_grpc_examples_send_requests_the_signatures_answer(exported, executed):
     assert body["signature_name"] == "classify"
     np.testing.assert_allclose([body["examples"][0][k] for k in sorted(features)],
                                [features[k][0] for k in sorted(features)], atol=1e-6)
+    # The :classify body, converted by TF Serving's rules, is the gRPC snippet's
+    # ClassificationRequest: the same tf.Example, feature for feature.
+    _, rest_request = rest_call(blocks, "classify", parse=rest.parse_classify_request)
+    assert rest_request.model_spec.signature_name == "classify"
+    assert list(rest_request.input.example_list.examples) == [example]
 
 
 def test_skipped_check_breaking_contract_and_synthesized_examples(exported, tmp_path):
