@@ -50,7 +50,9 @@ setup(
         # What the CLI, the Python API and the KFP step use beyond TF and Keras:
         # Transform graphs and Beam parity (no TFX orchestration), TF Serving's
         # protos, the KFP component and its Vertex output type.
-        "serving": ["tensorflow-serving-api>=2.16,<2.22"],
+        # <2.20: tfx-bsl 1.21 (TFT 1.21, TFX 1.21) requires tensorflow-serving-api
+        # 2.19.x even beside TF 2.21, so 2.19 is the newest any lane can test.
+        "serving": ["tensorflow-serving-api>=2.16,<2.20"],
         "transform": ["tensorflow-transform>=1.16,<1.22", "tfx-bsl>=1.16,<1.22",
                       "apache-beam[gcp]>=2.60,<3"],
         "kfp": ["kfp>=2.5,<2.18",
@@ -60,8 +62,10 @@ setup(
                 "google-cloud-pipeline-components>=2.3,<3"],
         # The TFX component, InfraValidator and the pipelines. TFX 1.17-1.21 need
         # TF 2.17-2.21 and their ml-metadata/TFDV wheels need glibc >= 2.38.
+        # kfp named here too: TFX 1.21's own `kfp` extra installs kfp only below
+        # Python 3.12.
         "tfx": ["tfx[kfp]>=1.16,<1.22", "apache-beam[gcp]>=2.60,<3",
-                "tensorflow-serving-api>=2.16,<2.22",
+                "tensorflow-serving-api>=2.16,<2.20", "kfp>=2.5,<2.18",
                 "google-cloud-pipeline-components>=2.3,<3"],
         "test": ["pytest>=7", "hypothesis>=6", "psutil>=5",
                  # registers ops outside core TF: the serving check must flag them

@@ -164,7 +164,8 @@ def test_the_lanes_sit_at_both_ends_of_our_ranges(ours):
     """Every range is tested at both ends: the pinned lane's versions are each range's
     lowest admitted minor version, the current lane's its highest."""
     pinned, current = lane_versions("constraints.txt"), lane_versions("constraints-current.txt")
-    for package in ("tensorflow", "keras", "tf-keras"):
+    for package in ("tensorflow", "keras", "tf-keras", "tensorflow-serving-api",
+                    "tensorflow-transform", "tfx-bsl", "kfp"):
         name = canonicalize_name(package)
         admitted = sorted({(v.major, v.minor) for v in released_versions(package)
                            if not v.is_prerelease and ours[name].contains(v)})
