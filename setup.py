@@ -35,7 +35,7 @@ setup(
         "export_archive.pipelines.modules",
         "export_archive.pipelines.data",
     ],
-    package_data={"export_archive": ["schema/*.json", "templates/*.j2"],
+    package_data={"export_archive": ["schema/*.json", "templates/*.j2", "op_registries/*.json"],
                   "export_archive.components.kfp": ["*.yaml"],
                   "export_archive.pipelines": ["data/penguins/*.csv"]},
     install_requires=[

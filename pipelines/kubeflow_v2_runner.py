@@ -173,12 +173,22 @@ def compile_from_flags(argv: Optional[Sequence[str]] = None) -> str:
     if args.keras == "2":
         os.environ["TF_USE_LEGACY_KERAS"] = "1"   # before TensorFlow is first imported
     pusher = None
+    export_config = load_export_config(args.export_config)
     if args.vertex_endpoint:
         from export_archive.pipelines import vertex
+        runtime = None
+        if not args.serving_image:
+            # ModelExporter's check verifies the export against the TF of the prebuilt
+            # image the Pusher deploys it with (see vertex.resolve_serving).
+            from export_archive.components.kfp.vertex import default_serving_runtime
+            from export_archive.pipelines.pipeline import DEFAULT_EXPORT_CONFIG
+            export_config = dict(export_config or DEFAULT_EXPORT_CONFIG)
+            runtime = export_config.setdefault("serving_runtime", default_serving_runtime(
+                region=vertex.image_region(args.vertex_region)))
         pusher = vertex.vertex_pusher(
             project=args.vertex_project, region=args.vertex_region,
             endpoint_name=args.vertex_endpoint, serving_image=args.serving_image,
-            machine_type=args.machine_type)
+            machine_type=args.machine_type, serving_runtime=runtime)
     tfx_pipeline = build_pipeline(
         pusher=pusher,
         pipeline_root=args.pipeline_root, serving_model_dir=args.serving_model_dir,
@@ -186,7 +196,7 @@ def compile_from_flags(argv: Optional[Sequence[str]] = None) -> str:
         keras_version=args.keras, train_steps=args.train_steps,
         beam_pipeline_args=split_beam_args(args.beam_pipeline_args),
         exporter_resources=resource_spec(args.exporter_cpu, args.exporter_memory),
-        enable_cache=not args.no_cache, export_config=load_export_config(args.export_config))
+        enable_cache=not args.no_cache, export_config=export_config)
     return compile_pipeline(tfx_pipeline, args.image, args.output_dir, args.format)
 
 

@@ -33,8 +33,12 @@ def image_region(vertex_region: str) -> str:
 def vertex_push_config(project: str, region: str, endpoint_name: str,
                        serving_image: Optional[str] = None,
                        machine_type: str = DEFAULT_MACHINE_TYPE,
-                       serving_args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                       serving_args: Optional[Dict[str, Any]] = None,
+                       serving_runtime: Optional[str] = None) -> Dict[str, Any]:
     """The Vertex Pusher's `custom_config`.
+
+    `serving_runtime`: the export config's (the TF the serving check verified the
+    export against); then the image is the prebuilt one of exactly that TF.
 
     `serving_image` defaults to Vertex's prebuilt TensorFlow prediction image for
     the TF installed where the pipeline is defined: constraints.txt pins the same
@@ -61,7 +65,8 @@ def vertex_push_config(project: str, region: str, endpoint_name: str,
         ai_platform.ENABLE_VERTEX_KEY: True,
         ai_platform.VERTEX_REGION_KEY: region,
         ai_platform.VERTEX_CONTAINER_IMAGE_URI_KEY: (
-            serving_image or prebuilt_tf_image(region=image_region(region))),
+            serving_image or prebuilt_tf_image(region=image_region(region),
+                                               serving_runtime=serving_runtime)),
         ai_platform.SERVING_ARGS_KEY: args,
     }
 
@@ -69,12 +74,13 @@ def vertex_push_config(project: str, region: str, endpoint_name: str,
 def vertex_pusher(project: str, region: str, endpoint_name: str,
                   serving_image: Optional[str] = None,
                   machine_type: str = DEFAULT_MACHINE_TYPE,
-                  serving_args: Optional[Dict[str, Any]] = None) -> Callable[..., Any]:
+                  serving_args: Optional[Dict[str, Any]] = None,
+                  serving_runtime: Optional[str] = None) -> Callable[..., Any]:
     """A `create_pipeline(pusher=...)` factory building TFX's Vertex AI Pusher.
 
     The config is built (and checked) now, when the pipeline is defined."""
     custom_config = vertex_push_config(project, region, endpoint_name, serving_image,
-                                       machine_type, serving_args)
+                                       machine_type, serving_args, serving_runtime)
 
     def make(**push_inputs):
         from tfx import v1 as tfx

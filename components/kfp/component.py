@@ -16,22 +16,33 @@ Use it in any KFP v2 / Vertex AI pipeline, from Python or from the compiled YAML
         ModelUploadOp(display_name="penguin",
                       unmanaged_container_model=exported.outputs["vertex_model"])
 
-The component runs `export_archive.export` (the API behind `export-archive
-export`) in the component image (deploy/Dockerfile). Inputs and outputs:
+The component runs the export step (`export_archive.step`, the one the TFX
+component, the CLI and `export_archive.export` run) in the component image
+(deploy/Dockerfile), so it has the TFX component's gates. Inputs and outputs:
 
 - `trained_model` (Model): a `.keras` / `.h5` file, a SavedModel directory, or a
   TFX Model artifact directory (its `Format-Serving/` is used, as the CLI does).
 - `export_config` (str): the export config as JSON text, the same format as the
   TFX component's parameter and the CLI's `--config`.
 - `schema`, `transform_graph`, `examples` (optional): as the TFX component's
-  inputs, for `kind: tf_example` endpoints and the serving check.
+  inputs, for `kind: tf_example` endpoints and the serving check. With `examples`
+  and the check on, parity runs over the whole split as a Beam pipeline
+  (`beam_pipeline_args`, e.g. Dataflow's; DirectRunner by default).
+- `model_blessing` (optional): an Evaluator's (or InfraValidator's) blessing. Not
+  blessed: nothing is exported, `published` is False, `not_published_reason` says
+  why, and the task succeeds, as Pusher does.
+- `baseline_model` (optional): the model clients are served today. A new model that
+  breaks its serving contract (`contract.on_breaking: fail`, the default) is not
+  published, the same way.
 - `serving_image` (str, optional): the serving image Vertex AI should run the
-  model in; empty: Vertex's prebuilt TensorFlow prediction image for the TF that
-  exported the model (`vertex.prebuilt_tf_image`).
+  model in; empty: Vertex's prebuilt TensorFlow prediction image of the config's
+  `serving_runtime`, which defaults to the newest image for the exporting TF
+  (`vertex.resolve_serving`): the serving check verifies the export's ops against
+  the TF of the image it names.
 - `model` (Model): the SavedModel, directly in the artifact's directory
   (`model.path/saved_model.pb`: what TF Serving and Vertex's prebuilt TF images
-  load). Metadata: `endpoints`, `serving_default`, `source_flavor`,
-  `serving_check`, `framework`.
+  load). Metadata: `published`, `not_published_reason`, `contract`, `endpoints`,
+  `serving_default`, `source_flavor`, `serving_check`, `framework`.
 - `vertex_model` (`google.UnmanagedContainerModel`): the same directory (its URI
   is `model`'s), typed and described for google-cloud-pipeline-components'
   `ModelUploadOp(unmanaged_container_model=...)`, which uploads it to the Vertex
@@ -39,6 +50,9 @@ export`) in the component image (deploy/Dockerfile). Inputs and outputs:
   This component uploads nothing itself.
 - `report_markdown` (Markdown), `report_html` (HTML): the export report, which the
   KFP and Vertex UIs render.
+- The return value (`Output`, bool): `published`, to gate later steps:
+  `with dsl.If(exporter.outputs["Output"] == True): ModelUploadOp(...)`; why not is
+  `model`'s `not_published_reason` metadata (and the report).
 
 As in the TFX component, the serving check runs unless the config says
 `"check": {"enabled": false}`; a failing check (mode "fail") fails the task
@@ -54,7 +68,7 @@ regenerate with `python -m export_archive.components.kfp.component`).
 
 import os
 import sys
-from typing import Optional
+from typing import List, Optional
 
 # The artifact type ModelUploadOp's `unmanaged_container_model` input declares; KFP
 # checks it by schema title when a pipeline connects the two. kfp adds this import
@@ -87,8 +101,11 @@ def model_exporter(
     schema: Optional[Input[Artifact]] = None,
     transform_graph: Optional[Input[Artifact]] = None,
     examples: Optional[Input[Artifact]] = None,
+    model_blessing: Optional[Input[Artifact]] = None,
+    baseline_model: Optional[Input[Model]] = None,
     serving_image: str = "",
-):
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> bool:
     """Exports `trained_model` with the endpoints of `export_config` into `model`.
 
     `vertex_model` is the same SavedModel typed for google-cloud-pipeline-components'
@@ -101,49 +118,53 @@ def model_exporter(
     """
     # KFP compiles this body into the component: it must be self-contained, and
     # only the component image's packages (export_archive, TF, KFP) are available.
-    import os
-
     import export_archive
-    from export_archive import report
+    from export_archive import step
     from export_archive.examples import find_example_files
     from export_archive.sources import resolve_model_path
 
     config = export_archive.ExportConfig.parse(export_config)
-    example_builder = None
-    if schema is not None or transform_graph is not None:
-        from export_archive import examples as examples_module
-        example_builder = examples_module.ExampleEndpointBuilder(
-            schema_path=schema.path if schema is not None else None,
-            transform_graph_path=transform_graph.path if transform_graph is not None else None,
-            example_files=find_example_files(examples.path) if examples is not None else None)
     # Resolved first: a TF with no image to serve it fails before anything is written.
     from export_archive.components.kfp import vertex
-    image = serving_image or vertex.prebuilt_tf_image()
+    # The image of the TF the check verifies the export against (serving_runtime,
+    # defaulted to the newest prebuilt image for the exporting TF).
+    config, image = vertex.resolve_serving(config, serving_image)
+    blessing = None
+    if model_blessing is not None:
+        blessing = step.blessing_of_artifact(model_blessing.uri, model_blessing.metadata,
+                                             model_blessing.path)
     # As the TFX component: the check runs unless the config turns it off, and a
     # failing check (mode "fail") raises before model.path exists.
-    run_check = config.check_dict.get("enabled", True)
-    result = export_archive.export(resolve_model_path(trained_model.path), config, model.path,
-                                   overwrite=True, example_builder=example_builder,
-                                   check=run_check)
+    outcome = step.run(step.ExportStep(
+        model_path=resolve_model_path(trained_model.path), config=config,
+        output_dir=model.path,
+        schema_path=schema.path if schema is not None else None,
+        transform_graph_path=transform_graph.path if transform_graph is not None else None,
+        example_files=find_example_files(examples.path) if examples is not None else (),
+        blessing=blessing,
+        baseline_dir=resolve_model_path(baseline_model.path) if baseline_model else None,
+        check=config.check_dict.get("enabled", True),
+        beam_pipeline_args=beam_pipeline_args or (), source_uri=trained_model.uri))
 
-    model.metadata["endpoints"] = result.endpoint_names
-    model.metadata["serving_default"] = result.serving_default
-    model.metadata["source_flavor"] = result.flavor
+    model.metadata.update(outcome.properties())
     model.metadata["framework"] = "tensorflow"
-    if result.check_passed is not None:
-        failures = [f"{c['endpoint'] or '(model)'}: {c['check']}: {c['detail']}"
-                    for c in result.checks if not c["passed"]]
-        model.metadata["serving_check"] = (
-            "passed" if result.check_passed else "failed: " + " | ".join(failures))
-    # Vertex uploads `artifact_uri` as is: point it at the SavedModel written above
-    # rather than copying it. KFP and Vertex keep an output URI the executor sets
-    # (GCPC's own components rely on that for their outputs).
-    vertex_model.uri = model.uri
-    vertex_model.metadata["containerSpec"] = {"imageUri": image}
+    if outcome.published:
+        result = outcome.result
+        model.metadata["endpoints"] = result.endpoint_names
+        model.metadata["serving_default"] = result.serving_default
+        model.metadata["source_flavor"] = result.flavor
+        # Vertex uploads `artifact_uri` as is: point it at the SavedModel written above
+        # rather than copying it. KFP and Vertex keep an output URI the executor sets
+        # (GCPC's own components rely on that for their outputs).
+        vertex_model.uri = model.uri
+        vertex_model.metadata["containerSpec"] = {"imageUri": image}
     with open(report_markdown.path, "w", encoding="utf-8") as f:
-        f.write(report.to_markdown(result, config, trained_model.uri))
+        f.write(outcome.report_markdown())
     with open(report_html.path, "w", encoding="utf-8") as f:
-        f.write(report.to_html(result, config, trained_model.uri))
+        f.write(outcome.report_html())
+    # The one return value (KFP's `Output`) gates later steps; a single value, not a
+    # NamedTuple, because kfp.local resolves only `Output` in dsl.If conditions.
+    return outcome.published
 
 
 def build_component(image: str = DEFAULT_IMAGE):

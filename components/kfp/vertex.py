@@ -52,18 +52,31 @@ def published_tf_images(region: str = "us",
 
 
 def prebuilt_tf_image(tf_version: Optional[str] = None, region: str = "us",
-                      accelerator: str = "cpu") -> str:
-    """The prebuilt Vertex prediction image for `tf_version` (default: the installed TF).
+                      accelerator: str = "cpu", serving_runtime: Optional[str] = None) -> str:
+    """The prebuilt Vertex prediction image an export was checked for.
 
-    A SavedModel loads in a TF Serving of its own version or newer, so the image
-    must match the exporting TF. When Vertex publishes no image for that version
-    (none for TF 2.16 in google-cloud-aiplatform 1.165's list), this returns the
-    newest older one and logs a warning: a model that uses no op added since that
-    version serves there, but that is not checked here. Pass an image explicitly
-    (the component's `serving_image`, the Pusher factory's `serving_image`) to decide.
+    `serving_runtime` ("2.15", the config's field: the TF the serving check verified
+    the export's ops against, see export_archive.runtimes): the image of exactly that
+    TF, or a ValueError naming the images Vertex publishes. Without it, the image of
+    `tf_version` (default: the installed TF, the exporting one) if Vertex publishes
+    one; else the newest older one, with a warning, since nothing verified that the
+    export serves there: set `serving_runtime` (`default_serving_runtime`) so that the
+    check does.
     """
-    wanted = _tf_major_minor(tf_version)
     images = published_tf_images(region, accelerator)
+    if serving_runtime is not None:
+        from export_archive.runtimes import FIELD, major_minor
+        wanted_text = major_minor(serving_runtime)
+        for version, uri in images:
+            if f"{version[0]}.{version[1]}" == wanted_text:
+                return uri
+        raise ValueError(
+            f"{FIELD}: Vertex AI publishes no prebuilt {accelerator} prediction image for "
+            f"TensorFlow {serving_runtime}, the runtime the export was checked against; "
+            f"published: {[f'{v[0]}.{v[1]}' for v, _ in images]}. Fix: set {FIELD} to one "
+            "of those (the check then verifies the export serves there), or pass "
+            "serving_image= with an image whose TF Serving is that version")
+    wanted = _tf_major_minor(tf_version)
     for version, uri in images:
         if version == wanted:
             return uri
@@ -77,7 +90,50 @@ def prebuilt_tf_image(tf_version: Optional[str] = None, region: str = "us",
     version, uri = older[0]
     logging.warning(
         "Vertex AI publishes no prebuilt prediction image for TensorFlow %d.%d (the "
-        "exporting version); using the newest older one, %s (TF %d.%d). Models using ops "
-        "newer than that fail to load there: pass serving_image= to choose the image.",
-        wanted[0], wanted[1], uri, version[0], version[1])
+        "exporting version); using the newest older one, %s (TF %d.%d), which nothing "
+        "checked the export against: set the export config's serving_runtime to "
+        "\"%d.%d\" so that the serving check verifies it, or pass serving_image=.",
+        wanted[0], wanted[1], uri, version[0], version[1], version[0], version[1])
     return uri
+
+
+def default_serving_runtime(tf_version: Optional[str] = None, region: str = "us",
+                            accelerator: str = "cpu") -> str:
+    """The `serving_runtime` to check an export against when Vertex's prebuilt image
+    serves it: the newest published image's TF that is no newer than `tf_version`
+    (default: the exporting TF) and has a shipped op registry.
+
+        >>> default_serving_runtime("2.16.2")
+        '2.15'
+    """
+    from export_archive.runtimes import available
+    wanted = _tf_major_minor(tf_version)
+    known = set(available())
+    for version, _ in published_tf_images(region, accelerator):
+        text = f"{version[0]}.{version[1]}"
+        if version <= wanted and text in known:
+            return text
+    raise ValueError(
+        f"serving_runtime: no Vertex AI prebuilt {accelerator} image for TensorFlow "
+        f"{wanted[0]}.{wanted[1]} or older has an op registry (registries: "
+        f"{sorted(known)}). Fix: pass serving_image=, or add a registry with "
+        "scripts/make_op_registry.py (docs/runtimes.md)")
+
+
+def resolve_serving(config, serving_image: str = "", region: str = "us",
+                    accelerator: str = "cpu"):
+    """(config, image) for an export Vertex serves: with `serving_image` given, both as
+    they are; else `config` (an ExportConfig) with its `serving_runtime` defaulted to
+    `default_serving_runtime()`, and the prebuilt image of that runtime, so that the
+    serving check verifies the export against the TF of the image it is deployed with.
+    """
+    if serving_image:
+        return config, serving_image
+    if config.serving_runtime is None:
+        import dataclasses
+        config = dataclasses.replace(
+            config, serving_runtime=default_serving_runtime(None, region, accelerator))
+        logging.info("serving_runtime: checking the export against TF %s, the newest "
+                     "Vertex AI prebuilt image for the exporting TF", config.serving_runtime)
+    return config, prebuilt_tf_image(region=region, accelerator=accelerator,
+                                     serving_runtime=config.serving_runtime)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from export_archive import contract_process, describe
+from export_archive import contract_process, describe, runtimes
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-5, 1e-5
@@ -186,12 +186,22 @@ def write_prediction_logs(path: str, logs) -> None:
 
 
 def read_prediction_logs(path: str):
+    """The PredictionLogs of a warmup file; a `SourceError` naming it when it is not
+    one (a corrupt or truncated record, another file under that name)."""
     from tensorflow_serving.apis import prediction_log_pb2
     logs = []
-    for record in tf.data.TFRecordDataset(path):
-        log = prediction_log_pb2.PredictionLog()
-        log.ParseFromString(record.numpy())
-        logs.append(log)
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            log = prediction_log_pb2.PredictionLog()
+            log.ParseFromString(record.numpy())
+            logs.append(log)
+    except (tf.errors.OpError, DecodeError) as e:
+        from export_archive.sources import SourceError, error_summary
+        raise SourceError(path, "the warmup file does not read as TFRecords of TF Serving "
+                          f"PredictionLogs ({type(e).__name__}: {error_summary(e)})",
+                          allowed="the tf_serving_warmup_requests file an export writes",
+                          fix="export the model again with the serving check on (it writes "
+                              "the file), or remove the damaged file") from None
     return logs
 
 
@@ -233,7 +243,8 @@ SOURCE_SYNTHESIZED = ("synthesized inputs (no warmup request for it and no --exa
 
 
 def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None,
-                      latency_runs: int = 20) -> CheckReport:
+                      latency_runs: int = 20, requests=(),
+                      serving_runtime: Optional[str] = None) -> CheckReport:
     """The `export-archive check DIR` command: TF Serving's contract, no parity.
 
     Each signature is called at batch 1 and 64, as `export` does, with requests
@@ -241,7 +252,10 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
     checked, replayed the way TF Serving replays them at load); the records of
     `example_files`; synthesized values. A `requests` row per signature says which.
     Parity needs the source model: run `export` with the check on for that.
+    `requests` (entries as in the config's `check.requests`) come before all of them.
+    `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
     """
+    from export_archive import user_requests
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
                                 "saved_model.pb is missing.")
@@ -257,17 +271,24 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
                 warmup.setdefault(_signature_name(log), log)
         except (tf.errors.OpError, ValueError, DecodeError):
             warmup = {}   # the contract's own `warmup` row reports the broken file
+    origins, examples_origin = {}, SOURCE_EXAMPLES
+    if requests:
+        supplied = user_requests.load(requests, export_dir)
+        for name, logs in supplied.logs.items():
+            warmup[name], origins[name] = logs[0]
+        if supplied.examples:
+            examples_origin, source, _ = supplied.examples[0]
     built = {size: build_requests(export_dir, source, size, seed=size)
              for size in (SMALL_BATCH, LARGE_BATCH)}
     requests, rows = {SMALL_BATCH: [], LARGE_BATCH: []}, []
     for i, log in enumerate(built[SMALL_BATCH]):
         name = _signature_name(log)
         if name in warmup:
-            origin = SOURCE_WARMUP
+            origin = origins.get(name, SOURCE_WARMUP)
             for size in requests:
                 requests[size].append(_resized(warmup[name], size))
         else:
-            origin = SOURCE_EXAMPLES if source is not None else SOURCE_SYNTHESIZED
+            origin = examples_origin if source is not None else SOURCE_SYNTHESIZED
             for size in requests:
                 requests[size].append(built[size][i])
         rows.append({"check": "requests", "endpoint": name, "passed": True,
@@ -275,7 +296,13 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
     contract = run_contract(export_dir, requests[SMALL_BATCH] + requests[LARGE_BATCH],
                             latency_runs=latency_runs)
     results = [r for r in contract["results"] if r["check"] != "run"]
-    results += rows + _latency_rows([r for r in contract["results"] if r["check"] == "run"])
+    results += runtimes.check_rows(export_dir, serving_runtime)
+    synthesized = {r["endpoint"]: user_requests.ORIGIN_SYNTHESIZED for r in rows
+                   if r["detail"] == f"from {SOURCE_SYNTHESIZED}"}
+    runs = [r for r in contract["results"] if r["check"] == "run"]
+    runs = user_requests.apply_not_exercised(
+        results, runs, user_requests.not_exercised(runs, synthesized, export_dir))
+    results += rows + _latency_rows(runs)
     return CheckReport(results)
 
 
@@ -364,7 +391,8 @@ def _request_inputs(log) -> Dict[str, np.ndarray]:
 def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str, bool],
               example_source: Optional[Callable[[int], List[bytes]]],
               rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-              warmup: bool = True, latency_runs: int = 20) -> CheckReport:
+              warmup: bool = True, latency_runs: int = 20,
+              supplied=None, serving_runtime: Optional[str] = None) -> CheckReport:
     """Warmup + contract + parity + latency for a freshly written export.
 
     `endpoint_fns` maps endpoint name -> its traced ConcreteFunction from the archive
@@ -373,9 +401,13 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     Training-mode signatures run last, then the first inference request again:
     a training pass that changes what inference returns (BatchNormalization
     moving statistics) would change a served model's answers the same way.
+    `supplied` (`user_requests.Supplied`): the user's requests, used before
+    `example_source` and synthesized ones (see `user_requests`).
+    `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
     """
-    small = build_requests(export_dir, example_source, SMALL_BATCH, seed=1)
-    large = build_requests(export_dir, example_source, LARGE_BATCH, seed=2)
+    from export_archive import user_requests
+    small, large, origins = user_requests.choose(export_dir, supplied, example_source,
+                                                 SMALL_BATCH, LARGE_BATCH)
     if warmup:
         write_prediction_logs(os.path.join(export_dir, WARMUP_FILE), small)
     is_training = lambda log: training.get(_signature_name(log), False)
@@ -384,10 +416,20 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     probe = [next(log for log in large if not is_training(log))] if trainers and inference else []
     contract = run_contract(export_dir, inference + trainers + probe, latency_runs=latency_runs)
     results = [r for r in contract["results"] if r["check"] != "run"]
+    results += runtimes.check_rows(export_dir, serving_runtime)
     runs = [r for r in contract["results"] if r["check"] == "run"]
     if probe and len(runs) == len(inference + trainers + probe):
         runs = runs[:-1]  # the probe re-runs a request; its timing is not a new figure
-    results += _latency_rows(runs)
+    skipped = user_requests.not_exercised(runs, origins, export_dir)
+    runs = user_requests.apply_not_exercised(results, runs, skipped)
+    if warmup and skipped:
+        # TF Serving refuses a model whose warmup request fails: leave those out.
+        small = [log for log in small if _signature_name(log) not in skipped]
+        if small:
+            write_prediction_logs(os.path.join(export_dir, WARMUP_FILE), small)
+        else:
+            tf.io.gfile.remove(os.path.join(export_dir, WARMUP_FILE))
+    results += user_requests.request_rows(origins) + _latency_rows(runs)
     responses: Dict[str, List[Dict[str, np.ndarray]]] = {}
     for log in contract["responses"]:
         outputs = {k: tf.make_ndarray(v) for k, v in log.predict_log.response.outputs.items()}
@@ -417,7 +459,8 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
             results.append(compare(name, expected, served, rtol, atol))
     if warmup:
         results.append({"check": "warmup_written", "endpoint": "", "passed": True,
-                        "detail": f"{len(small)} requests in {WARMUP_FILE}"})
+                        "detail": f"{len(small)} requests in {WARMUP_FILE}" if small else
+                        "no warmup file: no endpoint was exercised"})
     return CheckReport(results)
 
 

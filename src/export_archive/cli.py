@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                              help="run the serving check before publishing (default: as the "
                                   "config's `check` section says)")
     check_flags.add_argument("--no-check", dest="check", action="store_const", const=False)
+    exp.add_argument("--requests", action="append", default=[], metavar="FORMAT:PATH",
+                     help=REQUESTS_HELP + ", before its entries")
+    exp.add_argument("--serving-runtime", metavar="X.Y", help=SERVING_RUNTIME_HELP
+                     + " (replaces the config's `serving_runtime`)")
     exp.add_argument("--baseline", help="the SavedModel clients are served today (or a TFX "
                                         "Model artifact dir): a change that breaks its "
                                         "serving contract stops the export (exit 3), as the "
@@ -90,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--examples", help="tf.Example TFRecords to send to string (tf.Example) "
                                         "inputs: a file glob, a directory, or an Examples "
                                         "artifact dir")
+    chk.add_argument("--requests", action="append", default=[], metavar="FORMAT:PATH",
+                     help=REQUESTS_HELP + "; before the model's own warmup requests")
+    chk.add_argument("--serving-runtime", metavar="X.Y", help=SERVING_RUNTIME_HELP)
     chk.add_argument("--json", action="store_true",
                      help="print JSON (always: errors too, as {\"error\": ...})")
 
@@ -106,6 +113,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+REQUESTS_HELP = ("FORMAT:PATH, repeatable: requests for the serving check (and the "
+                 "warmup file) instead of synthesized ones. FORMAT warmup (TFRecords of "
+                 "TF Serving PredictionLogs), rest (TF Serving REST :predict bodies, one "
+                 "per .json file or per line of a .jsonl file) or examples (tf.Example "
+                 "TFRecords); PATH a file, glob or directory. As the config's "
+                 "check.requests (docs/requests.md)")
+
+SERVING_RUNTIME_HELP = ("the TensorFlow of the server (e.g. 2.15, Vertex AI's newest "
+                        "prebuilt image): the check refuses ops and attrs it lacks "
+                        "(docs/runtimes.md; default: the exporting TF)")
+
+
 def _user_error(message: str) -> int:
     print(f"export-archive: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
@@ -115,6 +134,12 @@ def _cmd_export(args) -> int:
     try:
         config = ExportConfig.parse(
             args.config if args.config.lstrip().startswith("{") else os.fspath(args.config))
+        if args.requests:
+            from export_archive.user_requests import with_flag_requests
+            config = with_flag_requests(config, args.requests)
+        if args.serving_runtime:
+            from export_archive.runtimes import with_serving_runtime
+            config = with_serving_runtime(config, args.serving_runtime)
     except ConfigError as e:
         return _user_error(str(e))
     from export_archive import publish
@@ -188,12 +213,13 @@ def _cmd_export(args) -> int:
 
 def _saved_model_dir(path: str) -> str:
     """`path` (or its TFX artifact's Format-Serving/) if saved_model.pb is there and
-    parses and its variables read back; else a `SourceError` naming the damaged file
-    (empty, truncated, missing saved_model.pb; corrupt variables.index or data shard)."""
-    from export_archive.sources import (check_saved_model_proto, check_saved_model_variables,
-                                        resolve_model_path)
+    parses, its assets are there and its variables read back; else a `SourceError`
+    naming the damaged file (empty, truncated, missing saved_model.pb; a missing
+    asset; corrupt variables.index or data shard)."""
+    from export_archive.sources import (check_saved_model_assets, check_saved_model_proto,
+                                        check_saved_model_variables, resolve_model_path)
     resolved = resolve_model_path(path)
-    check_saved_model_proto(resolved)
+    check_saved_model_assets(resolved, check_saved_model_proto(resolved))
     check_saved_model_variables(resolved)
     return resolved
 
@@ -233,7 +259,13 @@ def _cmd_check(args) -> int:
                 return error(f"--examples `{args.examples}`: no record files found. fix: "
                              "give a TFRecord file glob, a directory of them, or an "
                              "ExampleGen Examples artifact directory.")
-        report = check.check_saved_model(_saved_model_dir(args.dir), example_files)
+        from export_archive.user_requests import parse_flags
+        from export_archive.runtimes import FLAG_PATH, parse_serving_runtime
+        runtime = (parse_serving_runtime(args.serving_runtime, FLAG_PATH)
+                   if args.serving_runtime else None)
+        report = check.check_saved_model(_saved_model_dir(args.dir), example_files,
+                                         requests=parse_flags(args.requests),
+                                         serving_runtime=runtime)
     except (FileNotFoundError, ValueError) as e:
         return error(str(e))
     if args.json:

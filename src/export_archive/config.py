@@ -55,6 +55,9 @@ SCORE_ACTIVATIONS = ("none", "softmax", "sigmoid")
 
 VARIABLE_SOURCES = ("optimizer", "trainable", "non_trainable", "all")
 VARIABLE_SOURCE_LAYER_PREFIX = "layer:"
+# `track` entries: a layer of the model by name, or a `module:attr` (an object to
+# track, or a builder called with the model that returns the objects).
+TRACK_LAYER_PREFIX = "layer:"
 
 # Attribute names the saved trackable already uses: an endpoint or variable
 # collection with one of these names would silently shadow it on reload.
@@ -93,6 +96,7 @@ _MISSING = object()
 MAX_NAME_LENGTH = 128            # endpoint, variable collection, input/output key names
 MAX_ENDPOINTS = 256
 MAX_VARIABLE_COLLECTIONS = 256
+MAX_TRACKED = 256                # entries of `track`
 MAX_SPEC_LEAVES = 1024           # tensors in one endpoint's input_signature
 MAX_RANK = 32                    # dimensions of one tensor spec
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -585,9 +589,17 @@ class ExportConfig:
     allow_unsafe_deserialization: bool = False
     check: Tuple[Tuple[str, Any], ...] = ()
     contract: Tuple[Tuple[str, Any], ...] = ()
+    # Extra objects the archive tracks (ExportArchive.track): "layer:NAME" or
+    # "module.path:attr". Whatever an endpoint's function uses beyond the model
+    # (a lookup table, a preprocessing layer applied before it) must be tracked.
+    track: Tuple[str, ...] = ()
+    # The TF of the server ("2.15"): the check refuses ops and attrs its registry
+    # lacks (runtimes.py). None: the exporting TF.
+    serving_runtime: Optional[str] = None
 
     FIELDS = ("endpoints", "serving_default", "variable_collections", "save_options",
-              "import_modules", "allow_unsafe_deserialization", "check", "contract")
+              "import_modules", "allow_unsafe_deserialization", "check", "contract",
+              "track", "serving_runtime")
 
     # ---- construction
 
@@ -664,6 +676,7 @@ class ExportConfig:
         _check_count("endpoints", raw_endpoints, MAX_ENDPOINTS, "endpoints")
         _check_count("variable_collections", r.obj.get("variable_collections"),
                      MAX_VARIABLE_COLLECTIONS, "variable collections")
+        _check_count("track", r.obj.get("track"), MAX_TRACKED, "tracked objects")
         endpoints = tuple(EndpointConfig.from_json(e, f"endpoints[{i}]")
                           for i, e in enumerate(raw_endpoints))
         collections = tuple(
@@ -692,10 +705,14 @@ class ExportConfig:
         unsafe = r.get("allow_unsafe_deserialization", bool, default=False)
         check = _parse_check(r.get("check", dict, default={}))
         contract = _parse_contract(r.get("contract", dict, default={}))
+        track = _parse_track(r)
+        from export_archive.runtimes import parse_serving_runtime  # no TensorFlow
+        runtime = (parse_serving_runtime(r.obj["serving_runtime"])
+                   if r.obj.get("serving_runtime") is not None else None)
         return cls(endpoints=endpoints, serving_default=serving_default,
                    variable_collections=collections, save_options=save_options,
                    import_modules=modules, allow_unsafe_deserialization=unsafe, check=check,
-                   contract=contract)
+                   contract=contract, track=track, serving_runtime=runtime)
 
     # ---- serialization
 
@@ -713,10 +730,14 @@ class ExportConfig:
         if self.allow_unsafe_deserialization:
             out["allow_unsafe_deserialization"] = True
         if self.check:
-            out["check"] = dict(self.check)
+            out["check"] = self.check_dict
         if self.contract:
             out["contract"] = {k: (list(v) if isinstance(v, tuple) else v)
                                for k, v in self.contract}
+        if self.track:
+            out["track"] = list(self.track)
+        if self.serving_runtime is not None:
+            out["serving_runtime"] = self.serving_runtime
         return out
 
     def to_json(self, indent: Optional[int] = None) -> str:
@@ -748,7 +769,7 @@ class ExportConfig:
 
     @property
     def check_dict(self) -> Dict[str, Any]:
-        return dict(self.check)
+        return {k: ([dict(e) for e in v] if k == "requests" else v) for k, v in self.check}
 
     @property
     def contract_dict(self) -> Dict[str, Any]:
@@ -832,6 +853,30 @@ def _check_names(endpoints, collections) -> None:
         seen[name] = path
 
 
+def _parse_track(r: "_Reader") -> Tuple[str, ...]:
+    """`track`: "layer:NAME" or "module.path:attr" entries, each once."""
+    entries = r.strings("track")
+    example = '"layer:string_lookup" or "my_pkg.serving:vocab_table"'
+    for i, entry in enumerate(entries):
+        path = f"track[{i}]"
+        if entry.startswith(TRACK_LAYER_PREFIX):
+            if len(entry) == len(TRACK_LAYER_PREFIX):
+                raise ConfigError(path, "the layer name is empty", entry,
+                                  '"layer:NAME" with the name of a layer of the model',
+                                  f"write e.g. {example}")
+        elif not _MODULE_ATTR_RE.match(entry):
+            raise ConfigError(path, "not a layer or an importable object", entry,
+                              '"layer:NAME" (a layer of the model) or "module.path:attr" '
+                              "(a trackable object such as a lookup table or a Keras "
+                              "layer, or a builder called with the model that returns "
+                              "them)", f"write e.g. {example}")
+        first = entries.index(entry)
+        if first != i:
+            raise ConfigError(path, f"already listed as `track[{first}]`", entry,
+                              "each object once", "remove the repeated entry")
+    return entries
+
+
 def _parse_save_options(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
     out = []
     for key, value in obj.items():
@@ -858,7 +903,10 @@ def _parse_save_options(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
 # The serving-check options (see the `check` module). Parsed here so that a bad
 # option fails at pipeline definition like any other field.
 CHECK_OPTIONS = {"mode": str, "rtol": (int, float), "atol": (int, float),
-                 "warmup": bool, "enabled": bool}
+                 "warmup": bool, "enabled": bool,
+                 # The user's own requests (warmup file, REST bodies, tf.Examples):
+                 # parsed by `user_requests.parse_entries`.
+                 "requests": list}
 CHECK_MODES = ("fail", "warn")
 
 
@@ -876,6 +924,9 @@ def _parse_check(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
                               f"correct `{key}`")
         if key == "mode":
             _one_of(path, value, CHECK_MODES, "check mode")
+        if key == "requests":
+            from export_archive.user_requests import parse_entries  # no TensorFlow
+            value = parse_entries(value, path)
         if key in ("rtol", "atol") and not 0 <= value < float("inf"):
             raise ConfigError(path, "tolerance must be finite and >= 0", value, ">= 0",
                               "use a tolerance such as 1e-5")

@@ -13,7 +13,9 @@ from typing import Any, Callable, List, Optional, Tuple
 import tensorflow as tf
 
 from export_archive.config import SPEC_KINDS, ConfigError, EndpointConfig, InputError, SpecLeaf
-from export_archive.sources import ModelSource, error_summary, import_user_module
+from export_archive.sources import (ModelSource, call_user_function, error_summary,
+                                    import_user_module)
+from export_archive.tracking import trackables
 
 
 def leaf_to_tensor_spec(leaf: SpecLeaf, name: Optional[str] = None) -> tf.TensorSpec:
@@ -38,8 +40,11 @@ def tensor_spec_to_leaf(spec: tf.TensorSpec) -> SpecLeaf:
 
 
 def build(endpoint: EndpointConfig, source: ModelSource, where: str,
-          example_builder: Optional[Callable] = None) -> Tuple[Callable, List[Any]]:
-    """Returns ``(fn, input_signature)`` for one endpoint."""
+          example_builder: Optional[Callable] = None
+          ) -> Tuple[Callable, List[Any], List[Any]]:
+    """Returns ``(fn, input_signature, resources)`` for one endpoint: `resources` are
+    the objects a factory returned beside its function, for the archive to track."""
+    resources: List[Any] = []
     if endpoint.kind in SPEC_KINDS:
         if example_builder is None:
             raise ConfigError(f"{where}.kind", f"a {endpoint.kind} endpoint needs a feature "
@@ -62,12 +67,12 @@ def build(endpoint: EndpointConfig, source: ModelSource, where: str,
     elif endpoint.signature_name is not None:
         fn, signature = _signature_endpoint(endpoint, source, where)
     else:
-        fn, signature = _factory_endpoint(endpoint, source, where)
+        fn, signature, resources = _factory_endpoint(endpoint, source, where)
     if endpoint.output_keys is not None:
         fn = _with_output_keys(fn, endpoint.output_keys, where)
     if endpoint.input_keys is not None:
         signature = _with_input_keys(signature, endpoint.input_keys, where)
-    return fn, signature
+    return fn, signature, resources
 
 
 class FeatureSpecError(InputError):
@@ -222,8 +227,29 @@ def _signature_endpoint(endpoint, source, where):
                               "object of the signature's inputs", [str(g) for g in given],
                               "{" + ", ".join(f'"{k}": ...' for k in specs) + "}",
                               "omit input_signature to use the signature's own")
+        _refuse_unlike_signature(given[0], specs, f"{where}.input_signature[0]")
         specs = given[0]
     return (lambda inputs: concrete(**inputs)), [specs]
+
+
+def _refuse_unlike_signature(given, specs, path: str) -> None:
+    """Refuses a `signature:NAME` input spec the signature cannot take: another dtype,
+    rank or size (TF's own words: "Binding inputs to tf.function failed")."""
+    for key, spec in given.items():
+        want = specs[key]
+        if not isinstance(spec, tf.TensorSpec) or not isinstance(want, tf.TensorSpec):
+            continue
+        same_rank = spec.shape.rank == want.shape.rank
+        if spec.dtype != want.dtype or not same_rank or not \
+                want.shape.is_compatible_with(spec.shape):
+            raise ConfigError(
+                f"{path}.{key}", f"the signature's input {key!r} is "
+                f"{tensor_spec_to_leaf(want)}, which this spec does not match (dtype, "
+                "rank and known sizes must agree)", str(tensor_spec_to_leaf(spec)),
+                "{" + ", ".join(f'"{k}": "{tensor_spec_to_leaf(v)}"' for k, v in specs.items()
+                                if isinstance(v, tf.TensorSpec)) + "}",
+                "give the signature's own specs (or narrower sizes), or omit "
+                "input_signature to use the signature's own")
 
 
 def _factory_endpoint(endpoint, source, where):
@@ -235,25 +261,12 @@ def _factory_endpoint(endpoint, source, where):
         raise ConfigError(path, f"module {module_name!r} has no callable {attr!r}",
                           endpoint.fn, "a function taking the model",
                           f"define `def {attr}(model): ...` in {module_name}")
-    try:
-        made = factory(source.obj)
-    except InputError:
-        raise
-    except Exception as e:  # pylint: disable=broad-except
-        # A user factory that fails is the user's code failing, not this program:
-        # one paragraph naming the factory, not our traceback.
-        raise ConfigError(path, f"the factory {endpoint.fn} raised {type(e).__name__}: "
-                          f"{error_summary(e)}", endpoint.fn,
-                          "a factory that takes the model and returns a function",
-                          f"fix {attr} in {module_name} (call it on the model in Python "
-                          "to see the traceback)") from None
-    signature = None
-    if isinstance(made, tuple) and len(made) == 2:
-        made, signature = made
+    made = call_user_function(factory, source.obj, path, endpoint.fn, "factory",
+                              "a factory that takes the model and returns a function")
+    made, signature, resources = _unpack_factory_result(made, path)
     if not callable(made):
         raise ConfigError(path, "the factory did not return a function", type(made).__name__,
-                          "a tf.function, or (callable, input_signature)",
-                          "return the serving function from the factory")
+                          FACTORY_RESULTS, "return the serving function from the factory")
     if endpoint.input_signature is not None:
         signature = signature_to_tensor_specs(endpoint.input_signature)
     if signature is None:
@@ -265,7 +278,34 @@ def _factory_endpoint(endpoint, source, where):
                           "(callable, input_signature)", "give input_signature in the config")
     # A tf.function passed with a signature would be wrapped again; use its Python function.
     python_fn = getattr(made, "python_function", made)
-    return _explaining_trace_errors(python_fn, endpoint.fn, path), list(signature)
+    return _explaining_trace_errors(python_fn, endpoint.fn, path), list(signature), resources
+
+
+FACTORY_RESULTS = ("a tf.function, (callable, input_signature), (callable, input_signature, "
+                   "resources) or {\"fn\": callable, \"input_signature\": ..., \"track\": "
+                   "resources}")
+FACTORY_KEYS = ("fn", "input_signature", "track")
+
+
+def _unpack_factory_result(made, path: str):
+    """(fn, input_signature or None, resources to track) from what a factory returned."""
+    resources = None
+    if isinstance(made, dict):
+        unknown = sorted(set(made) - set(FACTORY_KEYS))
+        if unknown or "fn" not in made:
+            raise ConfigError(path, "the factory returned a dict "
+                              + (f"with unknown keys {unknown}" if unknown else "without \"fn\""),
+                              sorted(made), FACTORY_RESULTS,
+                              'return {"fn": serving_fn, "track": [table, ...]}')
+        made, signature, resources = (made["fn"], made.get("input_signature"),
+                                      made.get("track"))
+    elif isinstance(made, tuple) and len(made) in (2, 3):
+        made, signature, resources = (made + (None,))[:3]
+    else:
+        signature = None
+    resources = [] if resources is None else trackables(
+        resources, path, "a resource the factory returned to track")
+    return made, signature, resources
 
 
 def _explaining_trace_errors(fn, factory: str, path: str):

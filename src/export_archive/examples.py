@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from export_archive.config import KIND_RAW_FEATURES, ConfigError, EndpointConfig
-from export_archive.sources import ModelSource
+from export_archive.config import KIND_RAW_FEATURES, ConfigError, EndpointConfig, InputError
+from export_archive.sources import ModelSource, error_summary
 
 # Method names and keys from tensorflow/python/saved_model/signature_constants.py,
 # the contract of TF Serving's Classify / Regress / Predict APIs.
@@ -52,14 +52,28 @@ def load_schema(path: str):
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
+class ExamplesError(InputError):
+    """The tf.Example records given for the check (`--examples`) cannot be read."""
+
+    subject = "examples input"
+
+
 def read_records(files: List[str], count: int) -> List[bytes]:
     """The first `count` records of TFRecord `files` (gzip by suffix, as ExampleGen
     writes them), repeated to fill `count` when there are fewer; [] without files."""
     if not files:
         return []
     compression = "GZIP" if files[0].endswith(".gz") else None
-    records = [r.numpy() for r in tf.data.TFRecordDataset(
-        files, compression_type=compression).take(count)]
+    try:
+        records = [r.numpy() for r in tf.data.TFRecordDataset(
+            files, compression_type=compression).take(count)]
+    except tf.errors.OpError as e:
+        raise ExamplesError(
+            files[0] if len(files) == 1 else f"{len(files)} files from {files[0]}",
+            f"do not read as TFRecord files of tf.Examples ({type(e).__name__}: "
+            f"{error_summary(e)})", allowed="TFRecord files (gzip-compressed when named "
+            "*.gz) as ExampleGen writes them", fix="give an ExampleGen Examples artifact "
+            "directory, or a glob matching only its record files") from None
     return (records * (count // len(records) + 1))[:count] if records else []
 
 

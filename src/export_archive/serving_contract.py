@@ -242,8 +242,16 @@ def run_requests(sess, meta_graph, logs, latency_runs):
             out.append(result("run", False, f"no signature {name!r}", name))
             continue
         keys = sorted(sig.outputs)
-        fetches = [graph.get_tensor_by_name(sig.outputs[k].name) for k in keys]
+        unnamed = [k for k in keys if not sig.outputs[k].name]
+        if unnamed:
+            # A composite output (ragged, sparse) has no tensor to fetch: TF Serving
+            # answers such a request with an error (the `dtypes` row says DT_INVALID).
+            out.append(result("run", False, f"output(s) {unnamed} name no tensor (composite "
+                              "outputs, e.g. ragged or sparse): TF Serving cannot fetch "
+                              "them", name))
+            continue
         try:
+            fetches = [graph.get_tensor_by_name(sig.outputs[k].name) for k in keys]
             feed = feeds_for(log, sig, graph)
             first = sess.run(fetches, feed)
             second = sess.run(fetches, feed)

@@ -18,6 +18,7 @@ import importlib
 import os
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from export_archive.config import ConfigError, ExportConfig, InputError, VariableCollectionConfig
@@ -240,6 +241,47 @@ class ModelSource:
 
     # ---- variables
 
+    def _built_optimizer_variables(self, optimizer, path: str) -> List[Any]:
+        """Every variable of the optimizer: its slots created first if it has none yet
+        (a compiled, untrained model; an optimizer tf_keras restored from a SavedModel,
+        which revives only `iterations`), and a restored optimizer's slots and
+        iterations read back from the SavedModel's checkpoint. Without this a
+        restored Adam gave 1 variable of the 9 it was saved with."""
+        build = getattr(optimizer, "build", None)
+        # Keras 3 says `built`; tf_keras's optimizers keep `_built` (build is a no-op
+        # once they are).
+        built = getattr(optimizer, "built", getattr(optimizer, "_built", False))
+        if callable(build) and not built:
+            build(self.obj.trainable_variables)
+        elif hasattr(optimizer, "_create_all_weights"):   # tf_keras legacy optimizers
+            optimizer._create_all_weights(self.obj.trainable_variables)  # pylint: disable=protected-access
+        if self.flavor == TF_KERAS and tf.io.gfile.isdir(self.origin):
+            self._restore_optimizer_state(path)
+        variables = _optimizer_variables(optimizer)
+        if not variables:
+            raise ConfigError(path, f"the optimizer of {self.origin} has no variables",
+                              "optimizer", "an optimizer with state",
+                              "train (or build) the optimizer before exporting, or drop "
+                              "this collection")
+        return variables
+
+    def _restore_optimizer_state(self, path: str) -> None:
+        """Reads the optimizer's state back from a Keras 2 SavedModel's checkpoint, now
+        that its slot variables exist (the model's own weights are read again too)."""
+        prefix = os.path.join(self.origin, "variables", "variables")
+        try:
+            status = tf.train.Checkpoint(root=self.obj).read(prefix)
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise SourceError(
+                self.origin, "the SavedModel does not hold the optimizer's state (its slot "
+                f"variables are not in variables/: {error_summary(e)})",
+                allowed="a Keras 2 SavedModel saved with include_optimizer=True",
+                fix="re-save the trained model with its optimizer, or drop the "
+                    f"collection at `{path.rsplit('.', 1)[0]}`") from None
+        except (tf.errors.OpError, ValueError, IndexError) as e:
+            raise _cannot_load(self.origin, SAVED_MODEL, e) from None
+
     def variables_for(self, collection: VariableCollectionConfig, where: str) -> List[Any]:
         obj, source = self.obj, collection.source
         path = f"{where}.source"
@@ -262,10 +304,7 @@ class ModelSource:
                                   "compiled, or was loaded without its training config)",
                                   source, "trainable, non_trainable, all, layer:NAME",
                                   "compile the model before exporting, or drop this collection")
-            if self.flavor == KERAS3 and not optimizer.built:
-                optimizer.build(obj.trainable_variables)
-            variables = optimizer.variables
-            return list(variables() if callable(variables) else variables)
+            return self._built_optimizer_variables(optimizer, path)
         attr = {"trainable": "trainable_variables", "non_trainable": "non_trainable_variables",
                 "all": "variables"}[source]
         variables = getattr(obj, attr, None)
@@ -273,6 +312,11 @@ class ModelSource:
             raise ConfigError(path, f"this {self.flavor} source has no {attr}", source,
                               "a Keras model for this source", "drop this collection")
         return list(variables)
+
+
+def _optimizer_variables(optimizer) -> List[Any]:
+    variables = optimizer.variables
+    return list(variables() if callable(variables) else variables)
 
 
 _EMPTY_CONFIG = ExportConfig.parse({"endpoints": [{"name": "serve"}]})
@@ -346,6 +390,25 @@ def import_user_module(name: str, path: str, received: Any):
                           "a module that imports without error",
                           f'fix the module (`python -c "import {name}"` shows the '
                           "traceback)") from None
+
+
+def call_user_function(fn: Callable, model: Any, path: str, spec: str, what: str,
+                       allowed: str) -> Any:
+    """`fn(model)` for a function the config names (a factory, a `track` builder).
+
+    Its failure is the user's code failing, not this program: a `ConfigError` at
+    `path` naming `spec` (``module:attr``), instead of our traceback.
+    """
+    try:
+        return fn(model)
+    except InputError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        module_name, attr = spec.split(":")
+        raise ConfigError(path, f"the {what} {spec} raised {type(e).__name__}: "
+                          f"{error_summary(e)}", spec, allowed,
+                          f"fix {attr} in {module_name} (call it on the model in Python "
+                          "to see the traceback)") from None
 
 
 def resolve_model_path(path: str) -> str:
@@ -473,8 +536,8 @@ def _check_h5_file(path: str) -> None:
 def _check_saved_model_dir(path: str) -> None:
     """The parts of a SavedModel that the loader misreports: saved_model.pb that
     is empty, truncated or not a SavedModel proto (OSError "Cannot parse file"), or
-    one without MetaGraphs (a complaint about `tags=`)."""
-    check_saved_model_proto(path)
+    one without MetaGraphs (a complaint about `tags=`), or one missing an asset."""
+    check_saved_model_assets(path, check_saved_model_proto(path))
 
 
 def check_saved_model_proto(path: str):
@@ -519,6 +582,70 @@ def check_saved_model_proto(path: str):
                           "a SavedModel with a MetaGraph tagged `serve`",
                           _RESAVE[SAVED_MODEL])
     return proto
+
+
+def missing_assets(path: str, proto=None) -> List[str]:
+    """The assets the SavedModel's `serve` graph reads that are not in its assets/."""
+    if proto is None:
+        proto = check_saved_model_proto(path)
+    missing = []
+    for meta_graph in (proto.meta_graphs if proto is not None else []):
+        if "serve" not in meta_graph.meta_info_def.tags:
+            continue
+        for asset in meta_graph.asset_file_def:
+            if not tf.io.gfile.exists(os.path.join(path, "assets", asset.filename)):
+                missing.append(asset.filename)
+    return missing
+
+
+def check_saved_model_assets(path: str, proto=None) -> None:
+    """Refuses a SavedModel whose graph reads an asset (a vocabulary file) that is
+    missing from its assets/ (TF says only "Graph execution error" while loading)."""
+    missing = missing_assets(path, proto)
+    if missing:
+        raise SourceError(os.path.join(path, "assets", missing[0]),
+                          f"is missing: the SavedModel's graph reads it (assets/ lacks "
+                          f"{', '.join(missing)})", allowed="a complete SavedModel, with "
+                          "every asset its graph reads", fix=_RESAVE[SAVED_MODEL])
+
+
+def check_saved_model_variables(path: str) -> None:
+    """Refuses a SavedModel whose variables/ files are corrupt or truncated, naming
+    the file: variables.index that does not parse, a variables.data-* shard shorter
+    than the index says, or whose bytes fail their checksums. Every tensor is read
+    (TensorFlow checks each one's CRC32C), so this costs one read of the weights.
+    A SavedModel without variables.index is left to the loader (it may have none)."""
+    directory = os.path.join(path, "variables")
+    index = os.path.join(directory, "variables.index")
+    if not tf.io.gfile.exists(index):
+        return
+    shards = sorted(tf.io.gfile.glob(os.path.join(directory, "variables.data-*")))
+    damaged = shards[0] if len(shards) == 1 else os.path.join(directory, "variables.data-*")
+    try:
+        reader = tf.train.load_checkpoint(os.path.join(directory, "variables"))
+        dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+        raise SourceError(index, "its variables are corrupt: variables.index is damaged or "
+                          f"truncated ({type(e).__name__}: {error_summary(e)})",
+                          f"{tf.io.gfile.stat(index).length} bytes",
+                          "a complete SavedModel (variables.index and every "
+                          "variables.data-* shard)", _RESAVE[SAVED_MODEL]) from None
+    size = sum(tf.io.gfile.stat(s).length for s in shards)
+    needed = sum(int(np.prod(shapes[name], dtype=np.int64)) * dtype.size
+                 for name, dtype in dtypes.items() if dtype != tf.string)
+    if size < needed:
+        raise SourceError(damaged, f"its variables are truncated: {size} bytes of data "
+                          f"where variables.index lists at least {needed}", f"{size} bytes",
+                          "a complete SavedModel (variables.index and every "
+                          "variables.data-* shard)", _RESAVE[SAVED_MODEL])
+    for name in dtypes:
+        try:
+            reader.get_tensor(name)
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+            raise SourceError(damaged, f"its variables are corrupt: the variable {name!r} "
+                              f"does not read back ({type(e).__name__}: {error_summary(e)})",
+                              allowed="a complete SavedModel (variables.index and every "
+                              "variables.data-* shard)", fix=_RESAVE[SAVED_MODEL]) from None
 
 
 def load(path: str, config: ExportConfig) -> ModelSource:
@@ -584,10 +711,12 @@ def load(path: str, config: ExportConfig) -> ModelSource:
             model_path, f"cannot be loaded: {error_summary(e)}",
             fix="if it uses custom layers, list the module that registers them in "
                 "\"import_modules\"") from None
-    except (OSError, KeyError, EOFError, RuntimeError, tf.errors.OpError) as e:
+    except (OSError, KeyError, EOFError, RuntimeError, IndexError, tf.errors.OpError) as e:
         # What a damaged file makes the loaders raise: h5py/zip OSError and KeyError,
         # TensorFlow's DataLossError (corrupt variables) and FileNotFoundError (missing
-        # variables/), protobuf's parse errors. The file is at fault, not this program.
+        # variables/), IndexError ("Read less bytes than requested": a truncated
+        # variables.data shard), protobuf's parse errors. The file is at fault, not
+        # this program.
         raise _cannot_load(model_path, flavor, e) from None
 
 
@@ -650,6 +779,7 @@ def _walk_dicts(value: Any):
 def _cannot_load(model_path: str, flavor: str, error: BaseException) -> SourceError:
     text = error_summary(error)
     if flavor == SAVED_MODEL or tf.io.gfile.isdir(model_path):
+        check_saved_model_variables(model_path)   # names the damaged file, if it can
         if "TensorSliceReader" in text or "variables" in text.lower():
             problem = "its variables are missing or incomplete (variables/ must hold " \
                       "variables.index and every variables.data-* shard)"

@@ -15,14 +15,14 @@ import tensorflow as tf
 from absl import logging
 
 from export_archive import (archive, contract, contract_process, describe, endpoints,
-                            publish)
-from export_archive.config import ExportConfig
+                            publish, servable_outputs, tracking, user_requests)
+from export_archive.config import ConfigError, ExportConfig
 # The output errors live with the publish primitives (no TensorFlow there, so the CLI
 # can check an output path before importing it); re-exported here as before.
 from export_archive.publish import (OutputError, OutputExistsError,  # noqa: F401
                                     OutputPathError, OutputWriteError,
                                     check_output_path)
-from export_archive.sources import ModelSource
+from export_archive.sources import ModelSource, error_summary
 
 
 @dataclasses.dataclass
@@ -75,6 +75,9 @@ class BuiltArchive:
     # endpoint name -> its signature function, where the signature's outputs carry
     # the model's own names (endpoints.named_signature); the others save as they are.
     signature_functions: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # collection name -> (its config path, the source's variables), to check the
+    # written collections against (`tracking.verify_collections`).
+    collection_sources: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def traced_endpoint(self, name: str):
         """The endpoint's signature as the server runs it: the traced graph (a
@@ -96,29 +99,48 @@ def _concrete_endpoint(export_archive, name: str):
 
 def build_archive(source: ModelSource, config: ExportConfig,
                   example_builder: Optional[Callable] = None) -> BuiltArchive:
-    """Creates and fills the ExportArchive for `source` as `config` says (no I/O)."""
+    """Creates and fills the ExportArchive for `source` as `config` says (no I/O).
+
+    Everything an endpoint's function uses must be saved with it: the model, the
+    config's `track` objects and what factories return beside their functions are
+    tracked, and an endpoint that captures anything else is refused here
+    (`tracking.UntrackedResourceError`), before anything is traced for writing.
+    """
     source.check_built()
     export_archive = archive.archive_class(source.flavor)()
-    for trackable in source.trackables():
+    roots = list(source.trackables())
+    for trackable in roots:
         export_archive.track(trackable)
-    signature_functions = {}
+    for path, trackable in tracking.resolve_track(config, source):
+        tracking.track(export_archive, trackable, path)
+        roots.append(trackable)
+    signature_functions, captured = {}, {}
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
-        fn, signature = endpoints.build(endpoint, source, where, example_builder)
+        fn, signature, resources = endpoints.build(endpoint, source, where, example_builder)
+        for resource in resources:
+            tracking.track(export_archive, resource, f"{where}.fn")
+            roots.append(resource)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
+        captured[endpoint.name] = (where, _concrete_endpoint(export_archive, endpoint.name))
+        # Refused here, not in the check: it holds with the check off too.
+        servable_outputs.refuse_unservable(captured[endpoint.name][1], endpoint.name, where)
         names = endpoints.default_output_names(endpoint, source)
         if names is not None:
             signature_functions[endpoint.name] = endpoints.named_signature(
-                _concrete_endpoint(export_archive, endpoint.name), names)
+                captured[endpoint.name][1], names)
     for name, trackable in getattr(example_builder, "trackables", {}).items():
         export_archive.attach(name, trackable)
-    collections = {}
+        roots.append(trackable)
+    tracking.check_captures(captured, roots)
+    collections, expected = {}, {}
     for i, collection in enumerate(config.variable_collections):
         variables = source.variables_for(collection, f"variable_collections[{i}]")
         export_archive.add_variable_collection(collection.name, variables)
         collections[collection.name] = len(variables)
+        expected[collection.name] = (f"variable_collections[{i}]", list(variables))
     return BuiltArchive(export_archive, collections, [e.name for e in config.endpoints],
-                        signature_functions)
+                        signature_functions, expected)
 
 
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
@@ -174,9 +196,31 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     def write(path):
         # verbose=False: the archive's stdout summary would interleave with the
         # CLI's output; the endpoints are logged below and listed in the result.
-        built.archive.write_out(path, options=options, verbose=False,
-                                serving_default=serving_default, method_names=method_names,
-                                signature_functions=built.signature_functions)
+        try:
+            built.archive.write_out(path, options=options, verbose=False,
+                                    serving_default=serving_default,
+                                    method_names=method_names,
+                                    signature_functions=built.signature_functions)
+        except AssertionError as e:
+            # What `check_captures` could not attribute: the save's own refusal.
+            error = tracking.untracked_save_error(e, built.endpoint_names)
+            if error is None:
+                raise
+            raise error from None
+        except tf.errors.InvalidArgumentError as e:
+            device = config.save_options_dict.get("experimental_io_device")
+            if device is None or "device" not in str(e):
+                raise
+            raise ConfigError(
+                "save_options.experimental_io_device", "no such device on this machine "
+                f"({error_summary(e)})", device, "a device of this machine, e.g. "
+                '"/job:localhost" or "/job:localhost/device:CPU:0"',
+                "name a device this machine has, or omit the option") from None
+        # Nothing asked for is silently lost: each endpoint is a signature, each
+        # collection holds what its source holds, each asset read is in assets/.
+        tracking.verify_signatures(path, built.endpoint_names)
+        tracking.verify_collections(path, built.collection_sources)
+        tracking.verify_assets(path)
         if baseline is not None:
             # On the staging directory, like the check below: a break in mode "fail"
             # raises before the rename, so the old model stays the served one. First,
@@ -217,13 +261,14 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
 
 def _baseline_dir(path: str) -> str:
     """A SavedModel directory, or a TFX Model artifact (its Format-Serving/)."""
-    from export_archive.sources import resolve_model_path
+    from export_archive.sources import check_saved_model_proto, resolve_model_path
     resolved = resolve_model_path(path)
     if not tf.io.gfile.exists(os.path.join(resolved, "saved_model.pb")):
         raise FileNotFoundError(
             f"baseline {path} is not a SavedModel: {resolved}/saved_model.pb does not exist. "
             "Give the served model's directory (e.g. a Pusher version directory) or a TFX "
             "Model artifact directory.")
+    check_saved_model_proto(resolved)   # a corrupt one: SourceError naming the file
     return resolved
 
 
@@ -234,10 +279,13 @@ def _serving_check(path, built: BuiltArchive, config, example_builder):
     example_source = getattr(example_builder, "example_source", None)
     training = {e.name: e.training for e in config.endpoints}
     training.setdefault("serving_default", training[config.serving_default_name])
+    supplied = (user_requests.load(options["requests"], path)
+                if options.get("requests") else None)
     return check.run_check(
         path, fns, training, example_source,
         rtol=options.get("rtol", check.DEFAULT_RTOL), atol=options.get("atol", check.DEFAULT_ATOL),
-        warmup=options.get("warmup", True))
+        warmup=options.get("warmup", True), supplied=supplied,
+        serving_runtime=config.serving_runtime)
 
 
 def _result(output_dir, source, config, collections) -> ExportResult:

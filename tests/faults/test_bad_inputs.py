@@ -326,6 +326,91 @@ def saved_model_variables_dir_missing(fx, tmp):
     return export(sm, tmp), sm
 
 
+DATA = "variables/variables.data-00000-of-00001"
+INDEX = "variables/variables.index"
+
+
+def damaged_variables(src: str, tmp: str, member: str, how: str = "truncated") -> str:
+    """A copy of SavedModel `src` whose variables file `member` is cut in half (or,
+    `how="noise"`, overwritten with as many random bytes)."""
+    sm = copy_dir(src, tmp, "sm")
+    path = f"{sm}/{member}"
+    if how == "truncated":
+        truncated(f"{src}/{member}", path)
+    else:
+        write(path, noise(os.path.getsize(path)))
+    return sm
+
+
+@case(needles=["its variables are corrupt", "Read less bytes than requested"])
+def saved_model_variables_data_truncated(fx, tmp):
+    sm = damaged_variables(fx.module_sm, tmp, DATA)
+    return export(sm, tmp), f"{sm}/{DATA}"
+
+
+@case(needles=["its variables are corrupt", "variables.index is damaged"])
+def saved_model_variables_index_truncated(fx, tmp):
+    sm = damaged_variables(fx.module_sm, tmp, INDEX)
+    return export(sm, tmp), f"{sm}/{INDEX}"
+
+
+@case(needles=["its variables are corrupt"])
+def keras2_saved_model_variables_data_truncated(fx, tmp):
+    sm = damaged_variables(fx.keras2_sm, tmp, DATA)
+    return export(sm, tmp), f"{sm}/{DATA}"
+
+
+@case(needles=["its variables are corrupt", "variables.index is damaged"])
+def keras2_saved_model_variables_index_truncated(fx, tmp):
+    sm = damaged_variables(fx.keras2_sm, tmp, INDEX)
+    return export(sm, tmp), f"{sm}/{INDEX}"
+
+
+@case(needles=["its variables are corrupt"])
+def keras2_saved_model_variables_data_garbage(fx, tmp):
+    sm = damaged_variables(fx.keras2_sm, tmp, DATA, "noise")
+    return export(sm, tmp), f"{sm}/{DATA}"
+
+
+@case(needles=["its variables are corrupt"])
+def overwrite_from_truncated_shard_keeps_previous_export(fx, tmp):
+    shutil.copytree(fx.exported, f"{tmp}/out")   # the export --overwrite would replace
+    sm = damaged_variables(fx.module_sm, tmp, DATA)
+    return export(sm, tmp, None, "--overwrite"), f"{sm}/{DATA}"
+
+
+def saved_model_without_its_asset(tmp: str) -> str:
+    """A SavedModel whose vocabulary-file table reads assets/vocab.txt, then removed."""
+    import tensorflow as tf
+    vocabulary = write(f"{tmp}/vocab/vocab.txt", b"red\ngreen\n")
+
+    class Lookup(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+                vocabulary, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER), -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, words):
+            return self.table.lookup(words)
+    tf.saved_model.save(Lookup(), f"{tmp}/sm")
+    os.remove(f"{tmp}/sm/assets/vocab.txt")
+    return f"{tmp}/sm"
+
+
+@case(needles=["is missing: the SavedModel's graph reads it"])
+def saved_model_asset_missing(fx, tmp):
+    sm = saved_model_without_its_asset(tmp)
+    return export(sm, tmp), f"{sm}/assets/vocab.txt"
+
+
+@case(needles=["is missing: the SavedModel's graph reads it"])
+def check_asset_missing(fx, tmp):
+    sm = saved_model_without_its_asset(tmp)
+    return ["check", sm], f"{sm}/assets/vocab.txt"
+
+
 @case(needles=["keras_metadata.pb"])
 def keras2_saved_model_metadata_garbage(fx, tmp):
     sm = copy_dir(fx.keras2_sm, tmp, "sm")
@@ -440,7 +525,7 @@ def signature_dict_with_wrong_key(fx, tmp):
     return signature(fx.keras, tmp, [{"x": "float32[?,3]"}]), FIELD
 
 
-@case(needles=["expects 1 input(s)"])
+@case(needles=["expects 1"])   # Keras 3.15 says "expects 1 named input(s)"
 def signature_list_of_two_for_one_input(fx, tmp):
     return signature(fx.keras, tmp, [["float32[?,3]", "float32[?,3]"]]), FIELD
 
@@ -454,6 +539,32 @@ def signature_float64_on_restored_float32_function(fx, tmp):
 def signature_endpoint_names_missing_signature(fx, tmp):
     return export(fx.exported, tmp, {"endpoints": [{"name": "s", "fn": "signature:nope"}]}), \
         "endpoints[0].fn"
+
+
+def signature_endpoint(fx, tmp, spec: str) -> Tuple[List[str], str]:
+    """A `signature:serve` endpoint of the exported model, its input given as `spec`
+    (the signature's own is {"features": "float32[?,3]"})."""
+    return export(fx.exported, tmp, {"endpoints": [{
+        "name": "s", "fn": "signature:serve", "input_signature": [{"features": spec}]}]}), \
+        "endpoints[0].input_signature[0].features"
+
+
+SIGNATURE_SPEC = "the signature's input 'features' is float32[?,3]"
+
+
+@case(needles=[SIGNATURE_SPEC, '"float32[?]"'])
+def signature_endpoint_wrong_rank(fx, tmp):
+    return signature_endpoint(fx, tmp, "float32[?]")
+
+
+@case(needles=[SIGNATURE_SPEC, '"int64[?,3]"'])
+def signature_endpoint_wrong_dtype(fx, tmp):
+    return signature_endpoint(fx, tmp, "int64[?,3]")
+
+
+@case(needles=[SIGNATURE_SPEC, '"float32[?,4]"'])
+def signature_endpoint_wrong_size(fx, tmp):
+    return signature_endpoint(fx, tmp, "float32[?,4]")
 
 
 @case(needles=["1 argument(s)", "2 input key(s)"])
@@ -488,13 +599,62 @@ def fails_when_traced(model):
     def serve(x):
         raise RuntimeError("the user's function is broken")
     return serve
+
+
+def _thresholds():
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant([0, 1], tf.int64), tf.constant([0.25, 0.75])), -1.0)
+
+
+def untracked_table(model):
+    table = _thresholds()
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def serve(x):
+        return table.lookup(tf.argmax(model(x), axis=1))
+    return serve
+
+
+def table_built_while_traced(model):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def serve(x):
+        return _thresholds().lookup(tf.argmax(model(x), axis=1))
+    return serve
+
+
+def reads_file_by_path(model):
+    path = __file__
+    def serve(x):
+        return {"y": model(x), "size": tf.strings.length(tf.io.read_file(path))}
+    return serve, [tf.TensorSpec([None, 3], tf.float32)]
+
+
+def returns_untrackable_resource(model):
+    return {"fn": lambda x: model(x), "input_signature": [tf.TensorSpec([None, 3], tf.float32)],
+            "track": [42]}
+
+
+def returns_dict_without_fn(model):
+    return {"function": lambda x: model(x)}
+
+
+NOT_TRACKABLE = [1, 2, 3]
+
+
+def builder_raises(model):
+    raise ValueError("no tables today")
 '''
 
 
-def factory(fx, tmp, fn: str, module: str = FACTORIES, name: str = "bad_inputs_factories"):
+def user_module(tmp, module: str = FACTORIES, name: str = "bad_inputs_factories") -> str:
+    """Writes `module` as an importable `name` (imported afresh) and returns `name`."""
     write(f"{tmp}/mods/{name}.py", module.encode())
     sys.path.insert(0, f"{tmp}/mods")
     sys.modules.pop(name, None)
+    return name
+
+
+def factory(fx, tmp, fn: str, module: str = FACTORIES, name: str = "bad_inputs_factories"):
+    name = user_module(tmp, module, name)
     return export(fx.keras, tmp, {"endpoints": [{"name": "s", "fn": f"{name}:{fn}"}]})
 
 
@@ -536,6 +696,77 @@ def factory_function_fails_when_traced(fx, tmp):
 def factory_module_fails_to_import(fx, tmp):
     return factory(fx, tmp, "raises", module="raise RuntimeError('broken at import')\n",
                    name="bad_inputs_broken_module"), "endpoints[0].fn"
+
+
+# resources the serving function uses that nothing tracks (issue 22)
+
+@case(needles=["endpoint 's' uses the StaticHashTable", '"track"', "build it in the model"])
+def factory_uses_untracked_table(fx, tmp):
+    return factory(fx, tmp, "untracked_table"), "endpoints[0].fn"
+
+
+@case(needles=["uses the StaticHashTable", '"track"'])
+def shipped_factory_uses_untracked_table(fx, tmp):
+    # An installed module (tests/ is on the path of every process), so the real-process
+    # run below imports it too.
+    return export(fx.keras, tmp, {"endpoints": [{
+        "name": "s", "fn": "helpers.track_factories:serve_with_untracked_thresholds"}]}), \
+        "endpoints[0].fn"
+
+
+@case(needles=["created while the function was traced", "create it outside the function"])
+def factory_table_built_while_traced(fx, tmp):
+    return factory(fx, tmp, "table_built_while_traced"), "endpoints[0].fn"
+
+
+@case(needles=["by its path", "assets/"])
+def factory_reads_file_by_path(fx, tmp):
+    return factory(fx, tmp, "reads_file_by_path"), "endpoints[0].fn"
+
+
+@case(needles=["not a TensorFlow trackable"])
+def factory_returns_untrackable_resource(fx, tmp):
+    return factory(fx, tmp, "returns_untrackable_resource"), "endpoints[0].fn"
+
+
+@case(needles=["unknown keys ['function']"])
+def factory_returns_dict_without_fn(fx, tmp):
+    return factory(fx, tmp, "returns_dict_without_fn"), "endpoints[0].fn"
+
+
+def tracking(fx, tmp, entry: str, model: Optional[str] = None) -> List[str]:
+    user_module(tmp)
+    return export(model or fx.keras, tmp, {**SERVE, "track": [entry]})
+
+
+@case(needles=["has no layer 'nope'", "layer:prediction"])
+def track_layer_missing(fx, tmp):
+    return tracking(fx, tmp, "layer:nope"), "track[0]"
+
+
+@case(needles=["has no layer 'nope'"])
+def track_layer_of_saved_model_without_layers(fx, tmp):
+    return tracking(fx, tmp, "layer:nope", fx.module_sm), "track[0]"
+
+
+@case(needles=["has no attribute 'missing'"])
+def track_attribute_missing(fx, tmp):
+    return tracking(fx, tmp, "bad_inputs_factories:missing"), "track[0]"
+
+
+@case(needles=["not a TensorFlow trackable"])
+def track_value_not_trackable(fx, tmp):
+    return tracking(fx, tmp, "bad_inputs_factories:NOT_TRACKABLE"), "track[0]"
+
+
+@case(needles=["raised ValueError", "no tables today"])
+def track_builder_raises(fx, tmp):
+    return tracking(fx, tmp, "bad_inputs_factories:builder_raises"), "track[0]"
+
+
+@case(needles=["cannot import module 'no_such_track_module'"])
+def track_module_missing(fx, tmp):
+    return tracking(fx, tmp, "no_such_track_module:table"), "track[0]"
 
 
 @case(needles=["cannot import module"])
@@ -754,6 +985,48 @@ def describe_zero_byte_saved_model_pb(fx, tmp):
     return ["describe", "--json", sm], f"{sm}/saved_model.pb"
 
 
+@case(needles=["its variables are corrupt"])
+def describe_variables_data_truncated(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, DATA)
+    return ["describe", sm], f"{sm}/{DATA}"
+
+
+@case(needles=["variables.index is damaged"])
+def describe_variables_index_truncated(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, INDEX)
+    return ["describe", "--json", sm], f"{sm}/{INDEX}"
+
+
+@case(needles=["its variables are corrupt"])
+def check_variables_data_truncated(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, DATA)
+    return ["check", sm], f"{sm}/{DATA}"
+
+
+@case(needles=["its variables are corrupt"])
+def check_variables_data_garbage(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, DATA, "noise")
+    return ["check", sm], f"{sm}/{DATA}"
+
+
+@case(needles=["variables.index is damaged"])
+def check_variables_index_truncated(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, INDEX)
+    return ["check", "--json", sm], f"{sm}/{INDEX}"
+
+
+@case(needles=["its variables are corrupt"])
+def diff_new_variables_data_truncated(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, DATA)
+    return ["diff", fx.exported, sm], f"{sm}/{DATA}"
+
+
+@case(needles=["variables.index is damaged"])
+def diff_old_variables_index_truncated(fx, tmp):
+    sm = damaged_variables(fx.exported, tmp, INDEX)
+    return ["diff", "--no-replay", sm, fx.exported], f"{sm}/{INDEX}"
+
+
 @case(needles=["does not exist"])
 def describe_missing_directory(fx, tmp):
     return ["describe", f"{tmp}/nope"], f"{tmp}/nope"
@@ -797,6 +1070,46 @@ def diff_old_zero_bytes(fx, tmp):
 @case(needles=["unknown change kind"])
 def diff_allow_unknown_kind(fx, tmp):
     return ["diff", "--allow", "bogus:serve", fx.exported, fx.exported], "--allow[0]"
+
+
+WARMUP = "assets.extra/tf_serving_warmup_requests"
+
+
+def with_garbage_warmup(fx, tmp) -> str:
+    sm = copy_dir(fx.exported, tmp, "served")
+    write(f"{sm}/{WARMUP}", noise(120))
+    return sm
+
+
+@case(needles=["corrupt or truncated"])
+def export_baseline_saved_model_pb_truncated(fx, tmp):
+    sm = corrupt_export(fx, tmp, "truncated")
+    return export(fx.keras, tmp, None, "--baseline", sm), f"{sm}/saved_model.pb"
+
+
+@case(needles=["does not read as TFRecords of TF Serving PredictionLogs"])
+def export_baseline_warmup_garbage(fx, tmp):
+    sm = with_garbage_warmup(fx, tmp)
+    return export(fx.keras, tmp, None, "--baseline", sm), f"{sm}/{WARMUP}"
+
+
+@case(needles=["does not read as TFRecords of TF Serving PredictionLogs"])
+def diff_old_warmup_garbage(fx, tmp):
+    sm = with_garbage_warmup(fx, tmp)
+    return ["diff", sm, fx.exported], f"{sm}/{WARMUP}"
+
+
+@case(needles=["do not read as TFRecord files of tf.Examples"])
+def check_examples_not_tfrecords(fx, tmp):
+    path = write(f"{tmp}/examples/data.tfrecord", b"plain text, not records\n")
+    return ["check", fx.exported, "--examples", path], path
+
+
+@case(needles=["no such device on this machine"])
+def save_options_io_device_missing(fx, tmp):
+    return export(fx.keras, tmp, {**SERVE, "save_options": {
+        "experimental_io_device": "/job:nowhere/device:GPU:7"}}), \
+        "save_options.experimental_io_device"
 
 
 @case(needles=["baseline"])
@@ -928,7 +1241,9 @@ def test_os_errors_name_the_path_and_code(fx, tmp_path, capsys, monkeypatch, err
 # prints there, a Python traceback or a C++ log line, would be seen.
 IN_PROCESSES = ["keras_truncated", "saved_model_pb_truncated", "h5_random_bytes",
                 "signature_two_arguments_keras3", "config_duplicate_key_in_endpoint",
-                "describe_truncated_saved_model_pb", "output_is_a_file"]
+                "describe_truncated_saved_model_pb", "output_is_a_file",
+                "shipped_factory_uses_untracked_table", "saved_model_variables_data_truncated",
+                "check_variables_index_truncated"]
 
 
 @pytest.mark.parametrize("name", IN_PROCESSES)

@@ -90,7 +90,8 @@ def run_local(parameters, trained_model_uri, pipeline_root, monkeypatch):
 def _run_in_local_pipeline(parameters, trained_model_uri, pipeline_root):
     comp = loaded_component()
     outputs = {"model": dsl.Model, "report_markdown": dsl.Markdown,
-               "report_html": dsl.HTML, "vertex_model": UnmanagedContainerModel}
+               "report_html": dsl.HTML, "vertex_model": UnmanagedContainerModel,
+               "Output": bool}
     assert set(outputs) == set(comp.component_spec.outputs)
     returned = typing.NamedTuple("Outputs", list(outputs.items()))
 
@@ -133,10 +134,17 @@ def test_yaml_interface():
     inputs = spec.input_definitions
     assert inputs.artifacts["trained_model"].artifact_type.schema_title == "system.Model"
     assert not inputs.artifacts["trained_model"].is_optional
-    for name in ("schema", "transform_graph", "examples"):
+    for name in ("schema", "transform_graph", "examples", "model_blessing",
+                 "baseline_model"):
         assert inputs.artifacts[name].is_optional
-    assert set(inputs.parameters) == {"export_config", "serving_image"}
+    assert inputs.artifacts["baseline_model"].artifact_type.schema_title == "system.Model"
+    assert set(inputs.parameters) == {"export_config", "serving_image", "beam_pipeline_args"}
     assert inputs.parameters["serving_image"].is_optional
+    assert inputs.parameters["beam_pipeline_args"].is_optional
+    # The outcome as output parameters, for dsl.If.
+    parameters = spec.output_definitions.parameters
+    assert {k: pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Name(v.parameter_type)
+            for k, v in parameters.items()} == {"Output": "BOOLEAN"}
     outputs = {k: v.artifact_type.schema_title
                for k, v in spec.output_definitions.artifacts.items()}
     assert outputs == {"model": "system.Model", "report_markdown": "system.Markdown",
@@ -225,6 +233,9 @@ def test_local_run_exports_the_model(exported):
     assert model.metadata["serving_default"] == "serve"
     assert model.metadata["source_flavor"] == "keras3"
     assert model.metadata["serving_check"] == "passed"
+    assert model.metadata["published"] == 1 and outputs["Output"] is True
+    assert "not_published_reason" not in model.metadata
+    assert model.metadata["contract"] == "no baseline: contract not compared"
 
     loaded = tf.saved_model.load(model.path)
     assert set(loaded.signatures) == {"serve", "call_training", "serving_default"}
@@ -244,6 +255,81 @@ def test_local_run_bad_config_fails_without_output(keras_model_dir, tmp_path, mo
         run_local({"export_config": json.dumps(bad)}, keras_model_dir, tmp_path, monkeypatch)
     written = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
     assert not any(f.endswith("saved_model.pb") for f in written)
+
+
+# --- the gates, in a pipeline: dsl.If on the outcome ------------------------------
+
+def _gated_pipeline(blessed_metadata):
+    """importer(s) -> model-exporter -> (only if published) a step that records it ran,
+    standing for ModelUploadOp/Pusher. The blessing's metadata is a constant of the
+    pipeline: kfp.local's importer takes no metadata from a pipeline parameter."""
+    comp = loaded_component()
+
+    @dsl.component(base_image="python:3.12")
+    def deploy(model: dsl.Input[dsl.Model], marker: str):
+        with open(marker, "w") as f:
+            f.write(model.uri)
+
+    @dsl.pipeline(name="gated-export")
+    def gated(model_uri: str, blessing_uri: str, baseline_uri: str, export_config: str,
+              marker: str) -> typing.NamedTuple(
+                  "Outputs", [("published", bool), ("model", dsl.Model)]):
+        trained = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
+        blessing = dsl.importer(artifact_uri=blessing_uri, artifact_class=dsl.Artifact,
+                                metadata=blessed_metadata)
+        baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Model)
+        exporter = comp(trained_model=trained.output, export_config=export_config,
+                        model_blessing=blessing.output, baseline_model=baseline.output)
+        with dsl.If(exporter.outputs["Output"] == True):  # noqa: E712 (KFP DSL)
+            deploy(model=exporter.outputs["model"], marker=marker)
+        outputs = typing.NamedTuple("Outputs", [("published", bool), ("model", dsl.Model)])
+        return outputs(exporter.outputs["Output"], exporter.outputs["model"])
+    return gated
+
+
+@pytest.mark.skipif(not LOCAL_PIPELINES, reason=f"kfp {kfp.__version__}'s kfp.local runs no "
+                    "pipelines (kfp >= 2.7 does): runs in the current lane")
+def test_pipeline_stops_an_unblessed_model_and_a_breaking_retrain(keras_model_dir, tmp_path):
+    import export_archive
+    # The served model has a second signature; the retrain's config drops it: breaking.
+    baseline = str(tmp_path / "served")
+    served_config = {"endpoints": CONFIG["endpoints"] + [
+        {"name": "legacy", "input_signature": ["float32[?,3]"]}]}
+    export_archive.export(keras_model_dir, served_config, baseline)
+    blessing_dir = tmp_path / "blessing"
+    blessing_dir.mkdir()
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+    cases = {
+        # (config, blessing metadata, BLESSED file?) -> published?
+        "unblessed": (served_config, {"blessed": 0}, False),
+        "breaking_retrain": (CONFIG, {}, True),      # blessed by the Evaluator's file
+        "compatible_retrain": (served_config, {"blessed": 1}, False),
+    }
+    outcomes = {}
+    for case, (config, metadata, blessed_file) in cases.items():
+        marker = tmp_path / f"{case}.deployed"
+        for name in ("BLESSED", "NOT_BLESSED"):
+            (blessing_dir / name).unlink(missing_ok=True)
+        if blessed_file:
+            (blessing_dir / "BLESSED").write_text("")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
+            task = _gated_pipeline(metadata)(
+                model_uri=keras_model_dir, blessing_uri=str(blessing_dir),
+                baseline_uri=baseline, export_config=json.dumps(config), marker=str(marker))
+        model = task.outputs["model"]
+        assert model.metadata["published"] == int(task.outputs["published"])
+        outcomes[case] = (task.outputs["published"],
+                          model.metadata.get("not_published_reason", ""), marker.exists())
+    assert outcomes["unblessed"][0] is False and not outcomes["unblessed"][2]
+    assert outcomes["unblessed"][1].startswith("model_blessing: the artifact at ")
+    assert "is not blessed" in outcomes["unblessed"][1]
+    assert outcomes["breaking_retrain"][0] is False and not outcomes["breaking_retrain"][2]
+    assert outcomes["breaking_retrain"][1].startswith("contract guard: ")
+    assert "legacy" in outcomes["breaking_retrain"][1] or "breaking" in \
+        outcomes["breaking_retrain"][1]
+    assert outcomes["compatible_retrain"] == (True, "", True)
 
 
 # --- Vertex AI Model Registry: google-cloud-pipeline-components' ModelUploadOp ------------
@@ -355,6 +441,9 @@ def test_upload_request_from_the_exported_artifact(exported, upload_spec, tmp_pa
     assert image in prediction.TF_CONTAINER_URIS
     version = tuple(int(v) for v in match["version"].split("-"))
     assert version <= tuple(int(v) for v in tf.__version__.split(".")[:2])
+    # ... and exactly the runtime the serving check verified the export against.
+    from export_archive.components.kfp import vertex as vertex_image
+    assert "%d.%d" % version == vertex_image.default_serving_runtime()
 
     (url, body), executor_output = upload_request(upload_spec, vertex_model, tmp_path,
                                                   monkeypatch)

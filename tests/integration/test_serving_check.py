@@ -283,13 +283,16 @@ def test_tf_text_op_passes_because_model_server_links_it(dropout_model, tmp_path
 
 
 def test_variant_output_cannot_be_served(dropout_model, tmp_path):
+    """Refused where the archive is built (check on or off), so the check never sees
+    it; `check DIR` still reports such a signature on any SavedModel."""
+    from export_archive.servable_outputs import UnservableOutputError
     cfg = {"endpoints": [{"name": "serve"},
                          {"name": "with_dataset", "fn": "helpers.check_models:make_variant_fn"}]}
-    report = export_must_fail(dropout_model, cfg, str(tmp_path / "m"))
-    (row,) = failing(report.results, "dtypes", "with_dataset")
-    assert "output 'dataset' has dtype DT_VARIANT" in row["detail"]
-    assert "TensorProto cannot carry" in row["detail"]
-    assert rows_of(report.results, "dtypes")["serve"]["passed"]
+    with pytest.raises(UnservableOutputError) as info:
+        export_archive.export(dropout_model, cfg, str(tmp_path / "m"), check=True)
+    assert info.value.where == "endpoints[1]"
+    assert "output 'dataset' as a variant tensor (DT_VARIANT)" in str(info.value)
+    assert not os.path.exists(tmp_path / "m")
 
 
 def test_classify_method_without_inputs_key(dropout_model, tmp_path, capsys):

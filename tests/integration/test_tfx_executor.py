@@ -193,6 +193,20 @@ def test_module_path_factory(tmp_path, forget_user_module):
                                2.0 * model(x, training=False), atol=1e-5)
 
 
+def test_module_path_track_entry(tmp_path, forget_user_module):
+    """`track` reaches the component too: `user_module:attr` entries load from the
+    component's module, like factories (issue 22's threshold-table pattern)."""
+    run = Run(tmp_path)
+    model = save_trainer_style("keras3_file", run.trainer_serving_dir)
+    config = {"endpoints": [{"name": "serve", "fn": "user_module:serve_with_thresholds"}],
+              "track": ["user_module:thresholds_table"], "check": {"enabled": False}}
+    run.do(config, module_path="helpers.track_factories")
+    x = sample(3)
+    revived = tf.saved_model.load(run.serving_dir)
+    expected = tf.gather([0.25, 0.75], tf.argmax(model(x, training=False), axis=1))
+    np.testing.assert_allclose(revived.serve(x)["threshold"], expected)
+
+
 def scalar_tf_keras_model():
     inputs = [tf_keras.Input((1,), name=n) for n in fx.SCALAR_FEATURES]
     h = tf_keras.layers.Dense(4, activation="relu")(tf_keras.layers.Concatenate()(inputs))
@@ -253,3 +267,62 @@ def test_tf_example_without_schema_input_fails(tmp_path):
     with pytest.raises(ConfigError) as err:
         run.do({"endpoints": [{"name": "serve", "kind": "tf_example"}]})
     assert err.value.path == "endpoints[0].kind"
+
+
+@pytest.mark.parametrize("blessed", [0, 1], ids=["not_blessed", "blessed"])
+def test_model_blessing_gates_the_export(tmp_path, blessed):
+    """As Pusher: an unblessed ModelBlessing publishes nothing (and loads no model),
+    says why in MLMD and the report, and the execution succeeds."""
+    run = Run(tmp_path)
+    model = save_trainer_style("keras3_file", run.trainer_serving_dir)
+    blessing_uri = run.add_input(spec.MODEL_BLESSING_KEY, standard_artifacts.ModelBlessing,
+                                 tmp_path / "Evaluator" / "blessing" / "3")
+    run.extra_inputs[spec.MODEL_BLESSING_KEY][0].set_int_custom_property("blessed", blessed)
+    run.do(SERVE)
+    published = run.model.get_int_custom_property(spec.PUBLISHED_PROPERTY)
+    with open(os.path.join(run.report.uri, spec.REPORT_JSON)) as f:
+        report = json.load(f)
+    if blessed:
+        assert published == 1
+        revived = tf.saved_model.load(run.serving_dir)
+        for batch in (3, 1):
+            x = sample(batch)
+            served = single(revived.signatures["serving_default"](tf.constant(x)))
+            np.testing.assert_allclose(served, np.asarray(model(x)), atol=1e-5)
+        assert run.model.get_string_custom_property(spec.SERVING_CHECK_PROPERTY) == "passed"
+    else:
+        assert published == 0
+        assert not os.path.exists(run.serving_dir)
+        reason = run.model.get_string_custom_property(spec.NOT_PUBLISHED_PROPERTY)
+        assert reason.startswith("model_blessing: ModelBlessing") and blessing_uri in reason
+        assert "is not blessed" in reason
+        assert report["published"] is False and report["not_published_reason"] == reason
+        # Nothing was compared: no contract verdict is recorded for a blessing stop.
+        assert not run.model.has_custom_property(spec.CONTRACT_PROPERTY)
+
+
+def test_check_requests_reach_the_component(tmp_path):
+    """ModelExporter takes the user's requests through its export_config (a path or
+    URI in `check.requests`): a JPEG endpoint is checked with REST bodies, and the
+    report says where each endpoint's requests came from."""
+    import base64
+    from helpers import request_models as rm
+    run = Run(tmp_path)
+    model = rm.make_model()
+    os.makedirs(run.trainer_serving_dir)
+    model.save(os.path.join(run.trainer_serving_dir, "model.keras"))
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"instances": [
+        {"b64": base64.b64encode(j).decode()} for j in rm.jpegs(2)]}))
+    run.do({"endpoints": [{"name": "serve", "fn": "helpers.request_models:make_jpeg_serve"}],
+            "check": {"requests": [{"format": "rest", "path": str(body)}]}})
+    with open(os.path.join(run.report.uri, "report.json")) as f:
+        checks = json.load(f)["checks"]
+    origins = {c["endpoint"]: c["detail"] for c in checks if c["check"] == "requests"}
+    assert origins["serving_default"] == f"from the REST body {body} (check.requests[0])"
+    runs = {c["endpoint"]: c for c in checks if c["check"] == "run"}
+    assert runs["serve"]["passed"] and runs["serve"]["detail"].startswith("batch 2:")
+    jpegs = rm.jpegs(3, seed=3)
+    served = tf.saved_model.load(run.serving_dir).signatures["serve"](
+        image_bytes=tf.constant(jpegs))["scores"]
+    np.testing.assert_allclose(served, model(rm.decoded(jpegs)), rtol=1e-5, atol=1e-5)

@@ -98,6 +98,8 @@ EVERYTHING = {
     },
     "import_modules": ["my_pkg.layers", "other"],
     "allow_unsafe_deserialization": True,
+    "track": ["layer:string_lookup", "my_pkg.serving:vocab_table", "my_pkg.serving:make_tables"],
+    "serving_runtime": "2.15",
     "check": {"enabled": True, "mode": "warn", "rtol": 1e-4, "atol": 0, "warmup": True},
     "contract": {"on_breaking": "warn",
                  "allow": ["input_renamed:serve/inputs/x", "*:serve_features/*"]},
@@ -446,6 +448,27 @@ BAD_CONFIGS = [
      "must be a non-empty string"),
     ("import_modules_not_list", with_top(import_modules="my_pkg"), "import_modules",
      "must be an array"),
+    # track
+    ("track_not_list", with_top(track="layer:lookup"), "track", "must be an array"),
+    ("track_entry_not_string", with_top(track=[{"layer": "lookup"}]), "track[0]",
+     "must be a non-empty string"),
+    ("track_entry_bare_name", with_top(track=["layer:ok", "lookup_table"]), "track[1]",
+     "not a layer or an importable object"),
+    ("track_entry_path", with_top(track=["my_pkg/serving.py:table"]), "track[0]",
+     "not a layer or an importable object"),
+    ("track_empty_layer", with_top(track=["layer:"]), "track[0]", "the layer name is empty"),
+    ("track_duplicate", with_top(track=["m:t", "layer:x", "m:t"]), "track[2]",
+     "already listed as `track[0]`"),
+    ("too_many_tracked", with_top(track=[f"m:t{i}" for i in range(257)]), "track",
+     "257 tracked objects, over the limit of 256"),
+    # serving_runtime: the TF of a shipped op registry
+    ("serving_runtime_unregistered", with_top(serving_runtime="2.13"), "serving_runtime",
+     "no op registry for this TensorFlow"),
+    ("serving_runtime_between", with_top(serving_runtime="2.18"), "serving_runtime",
+     "no op registry for this TensorFlow"),
+    ("serving_runtime_not_a_version", with_top(serving_runtime="latest"), "serving_runtime",
+     "not a TensorFlow version"),
+    ("serving_runtime_number", with_top(serving_runtime=2.15), "serving_runtime", "wrong type"),
     # check options
     ("check_bad_mode", with_top(check={"mode": "strict"}), "check.mode", "unknown check mode"),
     ("check_negative_rtol", with_top(check={"rtol": -1e-5}), "check.rtol",
@@ -578,7 +601,8 @@ def test_huge_dimension_is_a_config_error():
     (ep(name="serve\n"), "endpoints[0].name"),
     (ep(fn="my_module:make_fn\n"), "endpoints[0].fn"),
     (with_top(import_modules=["my_pkg\n"]), "import_modules[0]"),
-], ids=["name", "fn", "import_modules"])
+    (with_top(track=["my_pkg:table\n"]), "track[0]"),
+], ids=["name", "fn", "import_modules", "track"])
 def test_trailing_newline_is_rejected(config, path):
     with pytest.raises(ConfigError) as excinfo:
         ExportConfig.parse(config)

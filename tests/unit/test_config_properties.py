@@ -82,9 +82,15 @@ config_like = st.fixed_dictionaries(
              "experimental_io_device", "bogus"),
             st.sampled_from(list(VARIABLE_POLICIES)) | json_values) | json_values,
         "import_modules": st.lists(st.text(max_size=10), max_size=3) | json_values,
+        "track": st.lists(st.sampled_from(["layer:", "layer:d", "m:t", "a.b:c", "t"])
+                          | json_values, max_size=3) | json_values,
         "allow_unsafe_deserialization": json_values,
-        "check": _shaped(("mode", "rtol", "atol", "warmup", "enabled", "other"),
-                         st.sampled_from(list(CHECK_MODES)) | json_values) | json_values,
+        "check": _shaped(("mode", "rtol", "atol", "warmup", "enabled", "requests", "other"),
+                         st.sampled_from(list(CHECK_MODES)) | json_values
+                         | st.lists(_shaped(("format", "path", "endpoint", "method"),
+                                            st.sampled_from(["warmup", "rest", "examples",
+                                                             "predict", "b.json", ""])
+                                            | json_values), max_size=2)) | json_values,
     })
 
 
@@ -223,10 +229,21 @@ def valid_configs(draw):
     if draw(st.booleans()):
         config["allow_unsafe_deserialization"] = draw(st.booleans())
     if draw(st.booleans()):
+        config["track"] = draw(st.lists(
+            st.builds("{}:{}".format, module_paths, names)
+            | st.text(min_size=1, max_size=8).map("layer:{}".format), max_size=3, unique=True))
+    if draw(st.booleans()):
         tolerance = st.floats(0, 1, allow_nan=False) | st.integers(0, 10)
         config["check"] = draw(st.fixed_dictionaries({}, optional={
             "mode": st.sampled_from(CHECK_MODES), "rtol": tolerance, "atol": tolerance,
-            "warmup": st.booleans(), "enabled": st.booleans()}))
+            "warmup": st.booleans(), "enabled": st.booleans(),
+            "requests": st.lists(st.fixed_dictionaries(
+                {"format": st.just("rest"), "path": st.sampled_from(["b.json", "gs://b/*"])},
+                optional={"endpoint": st.sampled_from(["serve", "e"]),
+                          "method": st.sampled_from(["predict", "classify", "regress"])})
+                | st.fixed_dictionaries({"format": st.just("warmup"),
+                                         "path": st.sampled_from(["w", "gs://b/w"])}),
+                max_size=2)}))
     return config
 
 
