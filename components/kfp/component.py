@@ -136,7 +136,7 @@ def model_exporter(
     # As the TFX component: the check runs unless the config turns it off, and a
     # failing check (mode "fail") raises before model.path exists.
     outcome = step.run(step.ExportStep(
-        model_path=resolve_model_path(trained_model.path), config=config,
+        model=resolve_model_path(trained_model.path), config=config,
         output_dir=model.path,
         schema_path=schema.path if schema is not None else None,
         transform_graph_path=transform_graph.path if transform_graph is not None else None,

@@ -44,7 +44,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         # failing check raises before Format-Serving exists, so nothing is published.
         outcome = export_step.run(export_step.ExportStep(
             # Where Trainer, Evaluator and Pusher look: <uri>/Format-Serving.
-            model_path=path_utils.serving_model_path(trained.uri), config=config,
+            model=path_utils.serving_model_path(trained.uri), config=config,
             output_dir=serving_dir,
             schema_path=_optional_uri(input_dict, spec.SCHEMA_KEY),
             transform_graph_path=_optional_uri(input_dict, spec.TRANSFORM_GRAPH_KEY),

@@ -13,7 +13,10 @@ __all__ = ["ConfigError", "ExportConfig", "ExportResult", "export", "__version__
 
 
 def __getattr__(name):
-    if name in ("export", "ExportResult"):
+    if name == "export":   # the export step every front door runs (step.py)
+        from export_archive import step
+        return step.export
+    if name == "ExportResult":
         from export_archive import writer
-        return getattr(writer, name)
+        return writer.ExportResult
     raise AttributeError(f"module 'export_archive' has no attribute {name!r}")

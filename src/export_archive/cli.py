@@ -152,26 +152,26 @@ def _cmd_export(args) -> int:
     # after the SavedModel is written (contract_process).
     from export_archive import contract_process
     contract_process.prestart_for(config, args.check)
-    from export_archive import writer
+    from export_archive import step, writer
     from export_archive.sources import SourceError, resolve_model_path
 
-    example_builder = None
+    example_files = ()
     if args.schema or args.transform_graph:
         try:
             from export_archive import examples
         except ImportError:
             return _user_error("--schema/--transform-graph need tf_example support, which "
-                               "this installation lacks (install the 'tfx' extra).")
-        example_builder = examples.ExampleEndpointBuilder(
-            schema_path=args.schema, transform_graph_path=args.transform_graph,
-            example_files=examples.find_example_files(args.examples) if args.examples else None)
+                               "this installation lacks (install the 'transform' extra).")
+        example_files = examples.find_example_files(args.examples) if args.examples else ()
     from export_archive.check import CheckFailed
-    from export_archive.contract import BreakingChange
     try:
-        result = writer.export(resolve_model_path(args.model), config, args.output,
-                               overwrite=args.overwrite, example_builder=example_builder,
-                               check=args.check, baseline=args.baseline,
-                               record=getattr(args, "record", None))
+        # The export step of every front door; the CLI has no blessing input, and
+        # split parity runs when --examples are given and the check runs.
+        outcome = step.run(step.ExportStep(
+            model=resolve_model_path(args.model), config=config, output_dir=args.output,
+            schema_path=args.schema, transform_graph_path=args.transform_graph,
+            example_files=example_files, baseline_dir=args.baseline, check=args.check,
+            overwrite=args.overwrite, record=getattr(args, "record", None)))
     except writer.OutputWriteError as e:
         # The machine failed the write (disk full, size limit, read-only): exit 1,
         # but one paragraph, since the message says what to fix; not a bug report.
@@ -179,9 +179,14 @@ def _cmd_export(args) -> int:
         return 1
     except (ConfigError, SourceError, writer.OutputError, FileNotFoundError) as e:
         return _user_error(str(e))
-    except (CheckFailed, BreakingChange) as e:
+    except CheckFailed as e:
         print(f"export-archive: {e}\nNothing was written to {args.output}.", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    if not outcome.published:   # the contract guard (a blessing gate is not a CLI input)
+        print(f"export-archive: {outcome.stopped_by}\nNothing was written to "
+              f"{args.output}.", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    result = outcome.result
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

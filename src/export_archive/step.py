@@ -20,7 +20,7 @@ here, once:
 Example (a TFX-less KFP step does exactly this)::
 
     from export_archive import step
-    outcome = step.run(step.ExportStep(model_path="trainer/Format-Serving",
+    outcome = step.run(step.ExportStep(model="trainer/Format-Serving",
                                        config={"endpoints": [{"name": "serve"}]},
                                        output_dir="exported/"))
     assert outcome.published and outcome.result.endpoint_names == ["serve"]
@@ -91,12 +91,14 @@ def blessing_of_artifact(uri: str, properties: Dict[str, Any], path: Optional[st
 @dataclasses.dataclass
 class ExportStep:
     """The resolved inputs of one export."""
-    model_path: str
+    model: Any                 # a path (as the components give it) or a model object
     config: Union[ExportConfig, dict, str]
     output_dir: str
     schema_path: Optional[str] = None
     transform_graph_path: Optional[str] = None
     example_files: Sequence[str] = ()
+    # Or a ready `examples.ExampleEndpointBuilder` (the Python API's argument).
+    example_builder: Optional[Any] = None
     blessing: Optional[Blessing] = None
     # The model clients are served today; `no_baseline` says why there is none
     # (shown instead of the generic "no baseline" summary).
@@ -121,6 +123,9 @@ class Outcome:
     result: Optional[writer.ExportResult] = None
     contract: Dict[str, Any] = dataclasses.field(default_factory=contract.not_compared)
     source_uri: Optional[str] = None
+    # What stopped a contract-guarded export (`contract.BreakingChange`), for callers
+    # that report it in full (the CLI) or raise it (the Python API).
+    stopped_by: Optional[Exception] = None
 
     @property
     def compared(self) -> bool:
@@ -186,27 +191,30 @@ def run(step: ExportStep) -> Outcome:
                   f"({step.blessing.detail})")
         return _not_published(config, reason, step)
 
-    example_builder = None
-    if step.schema_path or step.transform_graph_path:
+    example_builder = step.example_builder
+    if example_builder is None and (step.schema_path or step.transform_graph_path):
         from export_archive import examples   # imports TFT: only for tf_example endpoints
         example_builder = examples.ExampleEndpointBuilder(
             schema_path=step.schema_path, transform_graph_path=step.transform_graph_path,
             example_files=list(step.example_files) or None)
     try:
-        result = writer.export(step.model_path, config, step.output_dir,
+        result = writer.export(step.model, config, step.output_dir,
                                overwrite=step.overwrite, example_builder=example_builder,
                                check=step.check, baseline=step.baseline_dir,
                                record=step.record)
     except contract.BreakingChange as e:
         # The export stopped before its rename: the served model stays the served one.
-        return _not_published(config, f"contract guard: {e.diff.summary()}", step,
-                              contract_json=e.diff.to_json())
+        outcome = _not_published(config, f"contract guard: {e.diff.summary()}", step,
+                                 contract_json=e.diff.to_json())
+        outcome.stopped_by = e
+        return outcome
     if step.baseline_dir is None and step.no_baseline:
         result.contract = {**contract.not_compared(), "summary": step.no_baseline}
     outcome = Outcome(config, True, result=result, contract=result.contract,
                       source_uri=step.source_uri)
+    # Beam workers load the model from its path: no split parity for a model object.
     if (step.split_parity and result.check_passed is not None and example_builder is not None
-            and example_builder.example_files):
+            and example_builder.example_files and isinstance(step.model, (str, os.PathLike))):
         _split_parity(outcome, step, example_builder.example_files)
     logging.log(logging.WARNING if result.contract.get("breaking") else logging.INFO,
                 "export: %s", result.contract["summary"])
@@ -227,7 +235,7 @@ def _split_parity(outcome: Outcome, step: ExportStep, example_files: List[str]) 
     from export_archive import check, parity_beam   # imports Beam: only when used
     config, result = outcome.config, outcome.result
     job = parity_beam.ParityJob(
-        export_dir=result.output_dir, model_path=step.model_path,
+        export_dir=result.output_dir, model_path=os.fspath(step.model),
         config_json=config.to_json(), schema_path=step.schema_path,
         transform_graph_path=step.transform_graph_path,
         rtol=config.check_dict.get("rtol", check.DEFAULT_RTOL),
@@ -244,3 +252,26 @@ def _split_parity(outcome: Outcome, step: ExportStep, example_files: List[str]) 
             tf.io.gfile.rmtree(result.output_dir)
             raise check.CheckFailed(check.CheckReport(result.checks))
 
+
+
+def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
+           overwrite: bool = False, example_builder: Optional[Any] = None,
+           check: Optional[bool] = None, baseline: Optional[str] = None,
+           record: Optional[publish.PublishRecord] = None) -> writer.ExportResult:
+    """`export_archive.export`: the export step for Python callers.
+
+    Arguments and result as `writer.export` documents them. The same step as the
+    components and the CLI run, without their gates' inputs (a blessing, split
+    parity); a breaking contract change in mode ``on_breaking: fail`` raises
+    `contract.BreakingChange`, and a failed check `check.CheckFailed`.
+    """
+    outcome = run(ExportStep(model=model, config=config, output_dir=output_dir,
+                             example_builder=example_builder, check=check,
+                             baseline_dir=baseline, split_parity=False,
+                             overwrite=overwrite, record=record))
+    if not outcome.published:
+        raise outcome.stopped_by
+    return outcome.result
+
+
+export.__doc__ += "\n" + (writer.export.__doc__ or "")
