@@ -158,10 +158,11 @@ def model_exporter(
         # (GCPC's own components rely on that for their outputs).
         vertex_model.uri = model.uri
         vertex_model.metadata["containerSpec"] = {"imageUri": image}
+    texts = outcome.report_texts()
     with open(report_markdown.path, "w", encoding="utf-8") as f:
-        f.write(outcome.report_markdown())
+        f.write(texts["md"])
     with open(report_html.path, "w", encoding="utf-8") as f:
-        f.write(outcome.report_html())
+        f.write(texts["html"])
     # The one return value (KFP's `Output`) gates later steps; a single value, not a
     # NamedTuple, because kfp.local resolves only `Output` in dsl.If conditions.
     return outcome.published

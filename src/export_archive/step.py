@@ -166,18 +166,17 @@ class Outcome:
                 directory, json_name,
                 markdown_name, html_name, config=self.config, source_uri=self.source_uri)
 
-    def report_markdown(self) -> str:
-        return self._report_text("md")
-
-    def report_html(self) -> str:
-        return self._report_text("html")
-
-    def _report_text(self, kind: str) -> str:
+    def report_texts(self) -> Dict[str, str]:
+        """{"md": ..., "html": ...}: the report rendered once, for a front door that
+        stores the files itself (the KFP step's Markdown and HTML outputs)."""
         directory = tempfile.mkdtemp(prefix="export-report-")
         try:
             self.write_report(directory)
-            with open(os.path.join(directory, f"report.{kind}"), encoding="utf-8") as f:
-                return f.read()
+            texts = {}
+            for kind in ("md", "html"):
+                with open(os.path.join(directory, f"report.{kind}"), encoding="utf-8") as f:
+                    texts[kind] = f.read()
+            return texts
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
