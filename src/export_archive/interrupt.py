@@ -77,6 +77,7 @@ def raising_on_signals(signums: Sequence[int] = SIGNALS) -> Iterator[None]:
             return   # a repeat while unwinding: ignored
         state["signum"], state["redelivered"] = state["signum"] or signum, False
         _received = state["signum"]
+        silence_stderr()
         timer = threading.Timer(REDELIVER_AFTER, redeliver)
         timer.daemon = True
         timer.start()
@@ -98,6 +99,28 @@ def raising_on_signals(signums: Sequence[int] = SIGNALS) -> Iterator[None]:
         if not isinstance(hook_args.exc_value, Interrupted):
             previous_hook(hook_args)
 
+    # What C code prints while the stack unwinds after a signal is noise: TF's
+    # pybind code prints the traceback of the SystemError an interrupted callback
+    # becomes ("<built-in function __import__> returned a result with an exception
+    # set"), seen with TF 2.21 on Python 3.12. So from the signal on, fd 2 goes to
+    # /dev/null until the block ends; the caller then says in one line what happened.
+    saved = {"fd": None}
+
+    def silence_stderr():
+        if saved["fd"] is None:
+            sys.stderr.flush()
+            saved["fd"] = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+
+    def restore_stderr():
+        if saved["fd"] is not None:
+            sys.stderr.flush()
+            os.dup2(saved["fd"], 2)
+            os.close(saved["fd"])
+            saved["fd"] = None
+
     previous = {s: signal.signal(s, handler) for s in signums}
     sys.unraisablehook = unraisable
     try:
@@ -106,6 +129,7 @@ def raising_on_signals(signums: Sequence[int] = SIGNALS) -> Iterator[None]:
         state["caught"] = True
         raise
     finally:
+        restore_stderr()
         _received = None
         sys.unraisablehook = previous_hook
         for s, action in previous.items():
