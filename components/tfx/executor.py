@@ -55,8 +55,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             # TFX's per-execution tmp dir; without a context (a bare Do()), a temp dir.
             scratch_dir=self._get_tmp_dir() if self._context else None,
             source_uri=trained.uri))
-        for name, value in outcome.properties().items():
-            key = _PROPERTY_KEYS.get(name, name)
+        # The step's names are this component's custom property names (spec.py's
+        # PUBLISHED_PROPERTY, NOT_PUBLISHED_PROPERTY, SERVING_CHECK_PROPERTY, CONTRACT_PROPERTY).
+        for key, value in outcome.properties().items():
             if isinstance(value, int):
                 output_model.set_int_custom_property(key, value)
             else:
@@ -72,13 +73,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                          result.endpoint_names)
         outcome.write_report(report_artifact.uri, spec.REPORT_JSON, spec.REPORT_MARKDOWN,
                              spec.REPORT_HTML)
-
-
-# The step's outcome names -> this component's custom property names (the same).
-_PROPERTY_KEYS = {export_step.PUBLISHED: spec.PUBLISHED_PROPERTY,
-                  export_step.NOT_PUBLISHED_REASON: spec.NOT_PUBLISHED_PROPERTY,
-                  export_step.SERVING_CHECK: spec.SERVING_CHECK_PROPERTY,
-                  export_step.CONTRACT: spec.CONTRACT_PROPERTY}
 
 
 def _example_files(input_dict) -> List[str]:

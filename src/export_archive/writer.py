@@ -117,10 +117,10 @@ def build_archive(source: ModelSource, config: ExportConfig,
     signature_functions, captured = {}, {}
     for i, endpoint in enumerate(config.endpoints):
         where = f"endpoints[{i}]"
-        fn, signature, resources = endpoints.build(endpoint, source, where, example_builder)
-        for resource in resources:
-            tracking.track(export_archive, resource, f"{where}.fn")
-            roots.append(resource)
+        fn, signature, held = endpoints.build(endpoint, source, where, example_builder)
+        for trackable in held:   # what a factory returned beside its function
+            tracking.track(export_archive, trackable, f"{where}.fn")
+            roots.append(trackable)
         export_archive.add_endpoint(name=endpoint.name, fn=fn, input_signature=signature)
         captured[endpoint.name] = (where, _concrete_endpoint(export_archive, endpoint.name))
         # Refused here, not in the check: it holds with the check off too.

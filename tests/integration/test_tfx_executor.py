@@ -326,3 +326,12 @@ def test_check_requests_reach_the_component(tmp_path):
     served = tf.saved_model.load(run.serving_dir).signatures["serve"](
         image_bytes=tf.constant(jpegs))["scores"]
     np.testing.assert_allclose(served, model(rm.decoded(jpegs)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_outcome_names_are_the_component_properties():
+    """The executor records the step's outcome under its own names: they must be the
+    custom property names the spec promises downstream steps."""
+    from export_archive import step
+    assert (step.PUBLISHED, step.NOT_PUBLISHED_REASON, step.SERVING_CHECK, step.CONTRACT) == (
+        spec.PUBLISHED_PROPERTY, spec.NOT_PUBLISHED_PROPERTY, spec.SERVING_CHECK_PROPERTY,
+        spec.CONTRACT_PROPERTY)
