@@ -34,6 +34,11 @@ class CheckFailed(RuntimeError):
         super().__init__("The serving check failed:\n" + report.format_failures())
 
 
+def failure_line(row: Dict[str, Any]) -> str:
+    """One check row as the report, the CLI and the components' property show it."""
+    return f"{row['endpoint'] or '(model)'}: {row['check']}: {row['detail']}"
+
+
 @dataclasses.dataclass
 class CheckReport:
     results: List[Dict[str, Any]]
@@ -46,8 +51,7 @@ class CheckReport:
         return [r for r in self.results if not r["passed"]]
 
     def format_failures(self) -> str:
-        return "\n".join(f"  - {r['endpoint'] or '(model)'}: {r['check']}: {r['detail']}"
-                         for r in self.failures())
+        return "\n".join(f"  - {failure_line(r)}" for r in self.failures())
 
     def format(self) -> str:
         """The verdict first, then one line per check (as in the export report)."""

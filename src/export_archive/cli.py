@@ -163,7 +163,7 @@ def _cmd_export(args) -> int:
             return _user_error("--schema/--transform-graph need tf_example support, which "
                                "this installation lacks (install the 'transform' extra).")
         example_files = examples.find_example_files(args.examples) if args.examples else ()
-    from export_archive.check import CheckFailed
+    from export_archive.check import CheckFailed, failure_line
     try:
         # The export step of every front door; the CLI has no blessing input, and
         # split parity runs when --examples are given and the check runs.
@@ -208,7 +208,7 @@ def _cmd_export(args) -> int:
                                          "FAILED (mode warn, exported anyway)"))
             for c in result.checks:
                 if not c["passed"]:
-                    print(f"    {c['endpoint'] or '(model)'}: {c['check']}: {c['detail']}")
+                    print(f"    {failure_line(c)}")
         print(f"  {result.contract['summary']}")
         for change in result.contract["changes"]:
             print(f"    {change['id']}: {change['old']} -> {change['new']}"

@@ -139,8 +139,8 @@ class Outcome:
             return None
         if self.result.check_passed:
             return "passed"
-        failures = [f"{c['endpoint'] or '(model)'}: {c['check']}: {c['detail']}"
-                    for c in self.result.checks if not c["passed"]]
+        from export_archive.check import failure_line
+        failures = [failure_line(c) for c in self.result.checks if not c["passed"]]
         return "failed: " + " | ".join(failures)
 
     def properties(self) -> Dict[str, Union[int, str]]:
