@@ -29,6 +29,9 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from export_archive.constants import BREAKING_KINDS, COMPATIBLE_KINDS
+from export_archive.errors import _MISSING, ConfigError, InputError  # noqa: F401 (re-exported)
+
 # Dtype names a signature leaf may use: the names `tf.as_dtype` accepts that TF
 # Serving's TensorProto can carry as an endpoint input.
 DTYPES = (
@@ -87,7 +90,6 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\Z")
 _LEAF_RE = re.compile(r"^\s*([a-z0-9]+)\s*\[([^\]]*)\]\s*$")
 _MODULE_ATTR_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
-_MISSING = object()
 
 # Limits on what a config may ask for. Each one keeps a hostile or mistaken
 # config from running for minutes or writing a huge SavedModel before failing:
@@ -100,55 +102,6 @@ MAX_TRACKED = 256                # entries of `track`
 MAX_SPEC_LEAVES = 1024           # tensors in one endpoint's input_signature
 MAX_RANK = 32                    # dimensions of one tensor spec
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-
-
-class InputError(ValueError):
-    """Something a user gave (a config field, a model file, a path, a flag) cannot be used.
-
-    The message is one paragraph: where (`where`, e.g. a config field path or a
-    file), what is wrong (`problem`), what was received, what is allowed and how
-    to fix it. The CLI prints it as is and exits 2; the fields stay available to
-    callers (`.where`, `.problem`, `.received`, `.allowed`, `.fix`).
-    """
-
-    subject = "input"
-    # TensorFlow's autograph rewrites an exception raised while it traces user code
-    # into a `StagingError` holding a stack dump, unless it carries this marker. An
-    # InputError raised while an endpoint is traced (the model refusing the config's
-    # input_signature) must reach the caller as itself, one paragraph.
-    ag_pass_through = True
-
-    def __init__(self, where: str, problem: str, received: Any = _MISSING,
-                 allowed: Optional[str] = None, fix: Optional[str] = None):
-        self.where = where
-        self.problem = problem
-        self.received, self.allowed, self.fix = received, allowed, fix
-        parts = [f"{self.subject} `{where}`: {problem}"]
-        if received is not _MISSING:
-            parts.append(f"received {_show(received)}")
-        if allowed:
-            parts.append(f"allowed: {allowed}")
-        if fix:
-            parts.append(f"fix: {fix}")
-        super().__init__(". ".join(parts) + ".")
-
-
-class ConfigError(InputError):
-    """A problem in an export config, located by its field path (`.path`)."""
-
-    subject = "export config field"
-
-    @property
-    def path(self) -> str:
-        return self.where
-
-
-def _show(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -943,7 +896,6 @@ _ALLOW_RE = re.compile(r"^([^:\s]+):(\S+)\Z")
 
 
 def _parse_contract(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
-    from export_archive.contract import BREAKING_KINDS, COMPATIBLE_KINDS  # no TensorFlow
     r = _Reader(obj, "contract", "the contract section", tuple(CONTRACT_OPTIONS))
     out = []
     if "on_breaking" in obj:

@@ -37,34 +37,10 @@ import fnmatch
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-DEFAULT_SIGNATURE = "serving_default"
-NO_BASELINE = "no baseline: contract not compared"
+from export_archive.constants import (BREAKING_KINDS, CHANGE_KINDS, COMPATIBLE_KINDS,  # noqa: F401
+                                      DEFAULT_SIGNATURE)
 
-# ---- change kinds. A change is compatible when every request an old client
-# sends is still accepted and answered with what it reads; otherwise breaking.
-COMPATIBLE_KINDS = (
-    "signature_added",        # nobody calls it yet
-    "output_added",           # Predict returns it too; clients read their keys
-                              # (but see single_output_widened)
-    "input_shape_relaxed",    # a fixed dim became None: old requests still fit
-    "output_shape_relaxed",   # statically looser; the warmup replay checks real shapes
-)
-BREAKING_KINDS = (
-    "signature_removed", "signature_renamed",
-    "method_changed",          # Classify/Regress refuse a signature of another method
-    "default_changed",         # requests naming no signature get another contract
-    "input_added",             # Predict needs every signature input: old requests lack it
-    "input_removed", "input_renamed",
-    "input_dtype_changed", "input_shape_narrowed", "input_shape_changed",
-    "input_encoding_changed",
-    "output_removed", "output_renamed",
-    "output_dtype_changed", "output_shape_narrowed", "output_shape_changed",
-    "output_encoding_changed",
-    "single_output_widened",   # REST: `predictions` turns from values into objects
-    "request_failed",          # an old warmup request fails on the new model
-    "response_changed",        # ... or answers with other keys, dtypes or shapes
-)
-CHANGE_KINDS = COMPATIBLE_KINDS + BREAKING_KINDS
+NO_BASELINE = "no baseline: contract not compared"
 
 STATUS_NOT_COMPARED = "not compared"
 STATUS_COMPATIBLE = "compatible"

@@ -31,7 +31,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from export_archive.config import ConfigError
+from export_archive.errors import ConfigError
 
 FIELD = "serving_runtime"
 FLAG_PATH = "serving_runtime (--serving-runtime)"

@@ -44,7 +44,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from export_archive.config import ConfigError
+from export_archive.errors import ConfigError
 
 FORMATS = ("warmup", "rest", "examples")
 REST_METHODS = ("predict", "classify", "regress")
