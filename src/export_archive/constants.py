@@ -1,24 +1,13 @@
-"""Names fixed by TF Serving, TensorFlow's SavedModel format and our contract, in one place.
+"""Names shared by modules on different layers, standard library only.
 
-Standard library only: `serving_contract.py`, which runs as a script in a process
-that imports nothing of this package, loads this file by path.
+config (which must import no TensorFlow) and contract both need the contract's
+change kinds; they live here so neither imports the other. TF Serving's own names
+(SERVE_TAG, WARMUP_FILE, the method names) are still repeated in describe, check,
+report, examples and serving_contract: moving them here is issue 23's next step.
 """
 
-import os
-
-# ---- TensorFlow's SavedModel layout.
-SAVED_MODEL_PB = "saved_model.pb"
-SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-SERVE_TAG = "serve"                       # the MetaGraph tag TF Serving loads
-# ---- TF Serving's (tensorflow_serving/servables/tensorflow/*) names.
-DEFAULT_SIGNATURE = "serving_default"     # the signature a request naming none gets
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-# Config method name -> the signature's method_name.
-METHOD_NAMES = {"predict": PREDICT_METHOD, "classify": CLASSIFY_METHOD,
-                "regress": REGRESS_METHOD}
+# ---- TF Serving: the signature a request that names none gets.
+DEFAULT_SIGNATURE = "serving_default"
 
 # ---- change kinds. A change is compatible when every request an old client
 # sends is still accepted and answered with what it reads; otherwise breaking.
