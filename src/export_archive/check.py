@@ -20,8 +20,8 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from export_archive import contract_process, describe, runtimes
+from export_archive.constants import WARMUP_FILE
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-5, 1e-5
 SMALL_BATCH, LARGE_BATCH = 1, 64
 

@@ -1,13 +1,24 @@
 """Names shared by modules on different layers, standard library only.
 
 config (which must import no TensorFlow) and contract both need the contract's
-change kinds; they live here so neither imports the other. TF Serving's own names
-(SERVE_TAG, WARMUP_FILE, the method names) are still repeated in describe, check,
-report, examples and serving_contract: moving them here is issue 23's next step.
+change kinds; they live here so neither imports the other. TF Serving's names are
+here too; serving_contract.py (a script that imports nothing of this package) and
+rest.py (a standalone port of TF Serving's JSON rules) still carry their own copies.
 """
 
-# ---- TF Serving: the signature a request that names none gets.
-DEFAULT_SIGNATURE = "serving_default"
+import os
+
+# ---- TensorFlow's SavedModel and TF Serving's names (signature_constants.py,
+# tag_constants.py, and the warmup file TF Serving replays at load).
+SERVE_TAG = "serve"                       # the MetaGraph tag TF Serving loads
+DEFAULT_SIGNATURE = "serving_default"     # the signature a request naming none gets
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Config method name -> the SignatureDef's method_name.
+METHOD_NAMES = {
+    "predict": "tensorflow/serving/predict",
+    "classify": "tensorflow/serving/classify",
+    "regress": "tensorflow/serving/regress",
+}
 
 # ---- change kinds. A change is compatible when every request an old client
 # sends is still accepted and answered with what it reads; otherwise breaking.

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-SERVE_TAG = "serve"
+from export_archive.constants import DEFAULT_SIGNATURE, SERVE_TAG
 
 
 @dataclasses.dataclass
@@ -79,8 +79,6 @@ def describe(export_dir: str) -> List[SignatureInfo]:
             outputs={k: _tensor_info_text(v) for k, v in sorted(sig.outputs.items())}))
     return out
 
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def _called_functions(meta_graph, signature_def) -> Optional[frozenset]:

@@ -22,15 +22,11 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 
 from export_archive.config import KIND_RAW_FEATURES, ConfigError, EndpointConfig, InputError
+from export_archive.constants import METHOD_NAMES
 from export_archive.sources import ModelSource, error_summary
 
 # Method names and keys from tensorflow/python/saved_model/signature_constants.py,
 # the contract of TF Serving's Classify / Regress / Predict APIs.
-METHOD_NAMES = {
-    "predict": "tensorflow/serving/predict",
-    "classify": "tensorflow/serving/classify",
-    "regress": "tensorflow/serving/regress",
-}
 PREDICT_INPUT_KEY = "examples"
 CLASSIFY_REGRESS_INPUT_KEY = "inputs"
 CLASSIFY_SCORES_KEY = "scores"

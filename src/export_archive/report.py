@@ -32,13 +32,13 @@ import numpy as np
 import tensorflow as tf
 
 from export_archive import contract, describe, rest
+from export_archive.constants import WARMUP_FILE
 from export_archive.writer import ExportResult
 
 # The name the examples call the model by; TF Serving's --model_name.
 DEFAULT_MODEL_NAME = "MODEL"
 REST_URL = "http://localhost:8501/v1/models/{model}:{verb}"
 GRPC_TARGET = "localhost:8500"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 PREDICT, CLASSIFY, REGRESS = "predict", "classify", "regress"
 # Distributions whose versions the report lists (when installed), in this order.
 VERSIONED_DISTRIBUTIONS = ("tfx-export-archive", "tensorflow", "keras", "tf-keras", "tfx",
