@@ -629,6 +629,25 @@ def run_job(job: ParityJob, example_files: List[str], output_path: str,
     return ParityRun(sorted(rows, key=lambda r: r["endpoint"]), _metrics(result))
 
 
+def local_workers(beam_pipeline_args: Optional[List[str]] = None) -> Optional[int]:
+    """How many processes of this machine load the model for the job, or None when the
+    runner is remote (Dataflow's workers have their own memory).
+
+    The DirectRunner's multi_processing mode starts `direct_num_workers` processes
+    (0: one per core), each with its own copies; its in-process modes share one.
+    """
+    from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                      StandardOptions)
+    options = PipelineOptions(beam_pipeline_args or [])
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return None
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return 1
+    return direct.direct_num_workers or os.cpu_count() or 1
+
+
 def run(job: ParityJob, example_files: List[str], output_path: str,
         beam_pipeline_args: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """`run_job`'s report rows, one per endpoint: {"check": "parity_split",

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from absl import logging
 
-from export_archive import contract, publish, report, writer
+from export_archive import contract, contract_process, memory, publish, report, writer
 from export_archive.config import ExportConfig
 
 # The outcome's names, the same for TFX custom properties and KFP artifact metadata.
@@ -200,7 +200,8 @@ def run(step: ExportStep) -> Outcome:
         result = writer.export(step.model, config, step.output_dir,
                                overwrite=step.overwrite, example_builder=example_builder,
                                check=step.check, baseline=step.baseline_dir,
-                               record=step.record)
+                               record=step.record,
+                               preflight=_parity_preflight(config, step, example_builder))
     except contract.BreakingChange as e:
         # The export stopped before its rename: the served model stays the served one.
         outcome = _not_published(config, f"contract guard: {e.diff.summary()}", step,
@@ -211,13 +212,31 @@ def run(step: ExportStep) -> Outcome:
         result.contract = {**contract.not_compared(), "summary": step.no_baseline}
     outcome = Outcome(config, True, result=result, contract=result.contract,
                       source_uri=step.source_uri)
-    # Beam workers load the model from its path: no split parity for a model object.
-    if (step.split_parity and result.check_passed is not None and example_builder is not None
-            and example_builder.example_files and isinstance(step.model, (str, os.PathLike))):
+    if result.check_passed is not None and _split_parity_wanted(config, step, example_builder):
         _split_parity(outcome, step, example_builder.example_files)
     logging.log(logging.WARNING if result.contract.get("breaking") else logging.INFO,
                 "export: %s", result.contract["summary"])
     return outcome
+
+
+def _split_parity_wanted(config: ExportConfig, step: ExportStep, example_builder) -> bool:
+    # Beam workers load the model from its path: no split parity for a model object.
+    return bool(step.split_parity and example_builder is not None
+                and example_builder.example_files
+                and isinstance(step.model, (str, os.PathLike)))
+
+
+def _parity_preflight(config: ExportConfig, step: ExportStep, example_builder):
+    """What refuses, before the export is written, a split parity whose local Beam
+    workers this machine cannot hold; None when no split parity will run."""
+    if not (_split_parity_wanted(config, step, example_builder)
+            and contract_process.check_wanted(config, step.check)):
+        return None
+    from export_archive import parity_beam   # imports Beam: only when used
+    workers = parity_beam.local_workers(list(step.beam_pipeline_args))
+    if workers is None:
+        return None
+    return lambda weight_bytes: memory.require_for_parity(weight_bytes, workers)
 
 
 def _not_published(config: ExportConfig, reason: str, step: ExportStep,

@@ -15,8 +15,9 @@ import tensorflow as tf
 from absl import logging
 
 from export_archive import (archive, contract, contract_process, describe, endpoints,
-                            publish, servable_outputs, tracking, user_requests)
+                            memory, publish, servable_outputs, tracking, user_requests)
 from export_archive.config import ConfigError, ExportConfig
+from export_archive.errors import InputError
 # The output errors live with the publish primitives (no TensorFlow there, so the CLI
 # can check an output path before importing it); re-exported here as before.
 from export_archive.publish import (OutputError, OutputExistsError,  # noqa: F401
@@ -146,7 +147,8 @@ def build_archive(source: ModelSource, config: ExportConfig,
 def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, *,
            overwrite: bool = False, example_builder: Optional[Callable] = None,
            check: Optional[bool] = None, baseline: Optional[str] = None,
-           record: Optional[publish.PublishRecord] = None) -> ExportResult:
+           record: Optional[publish.PublishRecord] = None,
+           preflight: Optional[Callable[[int], None]] = None) -> ExportResult:
     """Exports `model` as a SavedModel with the endpoints `config` describes.
 
     Args:
@@ -168,6 +170,9 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
         default) or is reported in the result (``warn``).
       record: a `publish.PublishRecord` that tells a caller interrupted at any
         point (e.g. by a signal) whether this export was published.
+      preflight: called with the model's weight bytes once the archive is built and
+        before anything is written; raises to refuse (the step's split parity
+        checks its workers' memory this way).
 
     The SavedModel is written to a sibling staging directory, fsynced and published
     by one atomic rename (an atomic exchange when overwriting), so a failed or
@@ -186,6 +191,16 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     run_check = contract_process.prestart_for(config, check)
     source = ModelSource.wrap(model, config)
     built = build_archive(source, config, example_builder)
+    # Before anything is written: a check process (or Beam worker) the kernel kills
+    # half-way would leave the user an OOM instead of a reason.
+    try:
+        if run_check:
+            memory.require_for_check(_variables_bytes(built))
+        if preflight is not None:
+            preflight(_variables_bytes(built))
+    except InputError:
+        contract_process.discard()   # the process started above has nothing to check
+        raise
     options = tf.saved_model.SaveOptions(**config.save_options_dict)
     serving_default = config.serving_default_name
     method_names = dict(getattr(example_builder, "method_names", {}))

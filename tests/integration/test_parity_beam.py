@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export_archive import examples, parity_beam, writer
+from export_archive import examples, memory, parity_beam, step, writer
+from export_archive.errors import InputError
 from helpers import tfx_fixtures as fx
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,33 @@ def test_record_block_pickles_packed_and_rebuilds_its_records(assets):
     empty = parity_beam.RecordBlock("f", 7, np.array([0, 3, 0]), tensor=tf.constant(
         [b"", b"abc", b""]))
     assert list(pickle.loads(pickle.dumps(empty)).records) == [b"", b"abc", b""]
+
+
+@pytest.mark.parametrize("args, workers", [
+    ([], 1),
+    (["--runner=DirectRunner"], 1),
+    (["--direct_num_workers=4"], 1),   # in-process modes share one copy
+    (MULTI_PROCESS, 2),
+    (["--direct_running_mode=multi_processing", "--direct_num_workers=0"], os.cpu_count()),
+    (["--runner=DataflowRunner", "--direct_num_workers=8"], None),
+])
+def test_local_workers_counts_the_processes_that_load_the_model(args, workers):
+    assert parity_beam.local_workers(args) == workers
+
+
+def test_step_refuses_parity_workers_the_machine_cannot_hold_before_writing(
+        assets, tmp_path, monkeypatch):
+    model = keras.saving.load_model(assets["model"])
+    weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    # Enough for the check's one copy, not for two workers of two copies each.
+    monkeypatch.setattr(memory, "available_bytes", lambda: 3 * weights)
+    outcome_dir = tmp_path / "out"
+    with pytest.raises(InputError) as info:
+        step.run(step.ExportStep(
+            model=assets["model"], config={**CONFIG, "check": {"enabled": True}},
+            output_dir=str(outcome_dir), transform_graph_path=assets["transform_graph"],
+            example_files=assets["files"], beam_pipeline_args=MULTI_PROCESS))
+    assert info.value.where == "beam_pipeline_args"
+    assert info.value.received == "--direct_num_workers=2"
+    assert "--direct_num_workers=1" in info.value.fix
+    assert os.listdir(tmp_path) == []
