@@ -23,7 +23,7 @@ import os
 import sys
 from typing import List, Optional
 
-from export_archive.config import ConfigError, ExportConfig
+from export_archive.config import ConfigError, ExportConfig, check_allowed_breaks
 
 EXIT_INTERNAL_ERROR = 1   # a bug (says where to report it), or the machine ran out of space
 EXIT_USER_ERROR = 2
@@ -283,10 +283,7 @@ def _cmd_check(args) -> int:
 def _cmd_diff(args) -> int:
     from export_archive import contract
     try:
-        from export_archive.config import _check_allow_entry
-        for i, entry in enumerate(args.allow):
-            _check_allow_entry(f"--allow[{i}]", entry, contract.BREAKING_KINDS,
-                               contract.COMPATIBLE_KINDS)
+        check_allowed_breaks(args.allow, "--allow")
         old, new = (_saved_model_dir(d) for d in (args.old, args.new))
         diff = contract.compare(old, new, allow=args.allow, replay=not args.no_replay)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -902,11 +902,16 @@ def _parse_contract(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
         out.append(("on_breaking", _one_of("contract.on_breaking", r.get("on_breaking", str),
                                            ON_BREAKING, "on_breaking value")))
     if "allow" in obj:
-        allow = r.get("allow", list)
-        for i, entry in enumerate(allow):
-            _check_allow_entry(f"contract.allow[{i}]", entry, BREAKING_KINDS, COMPATIBLE_KINDS)
-        out.append(("allow", tuple(allow)))
+        out.append(("allow", check_allowed_breaks(r.get("allow", list), "contract.allow")))
     return tuple(out)
+
+
+def check_allowed_breaks(entries: List[Any], field: str) -> Tuple[str, ...]:
+    """The allowed-break ids (`KIND:PATH`, wildcards allowed) of `contract.allow` or the
+    CLI's `diff --allow`, checked; a bad one raises `ConfigError` at `field[i]`."""
+    for i, entry in enumerate(entries):
+        _check_allow_entry(f"{field}[{i}]", entry, BREAKING_KINDS, COMPATIBLE_KINDS)
+    return tuple(entries)
 
 
 def _check_allow_entry(path: str, entry: Any, breaking, compatible) -> None:
