@@ -212,14 +212,14 @@ def run(step: ExportStep) -> Outcome:
         result.contract = {**contract.not_compared(), "summary": step.no_baseline}
     outcome = Outcome(config, True, result=result, contract=result.contract,
                       source_uri=step.source_uri)
-    if result.check_passed is not None and _split_parity_wanted(config, step, example_builder):
+    if result.check_passed is not None and _split_parity_wanted(step, example_builder):
         _split_parity(outcome, step, example_builder.example_files)
     logging.log(logging.WARNING if result.contract.get("breaking") else logging.INFO,
                 "export: %s", result.contract["summary"])
     return outcome
 
 
-def _split_parity_wanted(config: ExportConfig, step: ExportStep, example_builder) -> bool:
+def _split_parity_wanted(step: ExportStep, example_builder) -> bool:
     # Beam workers load the model from its path: no split parity for a model object.
     return bool(step.split_parity and example_builder is not None
                 and example_builder.example_files
@@ -229,7 +229,7 @@ def _split_parity_wanted(config: ExportConfig, step: ExportStep, example_builder
 def _parity_preflight(config: ExportConfig, step: ExportStep, example_builder):
     """What refuses, before the export is written, a split parity whose local Beam
     workers this machine cannot hold; None when no split parity will run."""
-    if not (_split_parity_wanted(config, step, example_builder)
+    if not (_split_parity_wanted(step, example_builder)
             and contract_process.check_wanted(config, step.check)):
         return None
     from export_archive import parity_beam   # imports Beam: only when used
