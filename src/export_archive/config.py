@@ -910,11 +910,11 @@ def check_allowed_breaks(entries: List[Any], field: str) -> Tuple[str, ...]:
     """The allowed-break ids (`KIND:PATH`, wildcards allowed) of `contract.allow` or the
     CLI's `diff --allow`, checked; a bad one raises `ConfigError` at `field[i]`."""
     for i, entry in enumerate(entries):
-        _check_allow_entry(f"{field}[{i}]", entry, BREAKING_KINDS, COMPATIBLE_KINDS)
+        _check_allow_entry(f"{field}[{i}]", entry)
     return tuple(entries)
 
 
-def _check_allow_entry(path: str, entry: Any, breaking, compatible) -> None:
+def _check_allow_entry(path: str, entry: Any) -> None:
     example = '"input_renamed:serve/inputs/x" or "*:serve_features/*"'
     if not isinstance(entry, str):
         raise ConfigError(path, f"must be a string, not {_type_name(entry)}", entry,
@@ -926,11 +926,11 @@ def _check_allow_entry(path: str, entry: Any, breaking, compatible) -> None:
                           "a change id as `export-archive diff` prints it (shell-style "
                           "wildcards allowed)", f"write e.g. {example}")
     kind = match.group(1)
-    if kind in compatible:
+    if kind in COMPATIBLE_KINDS:
         raise ConfigError(path, f"{kind!r} is a compatible change, which needs no allowing",
-                          entry, "a breaking kind: " + ", ".join(breaking),
+                          entry, "a breaking kind: " + ", ".join(BREAKING_KINDS),
                           "remove the entry")
-    if kind not in breaking and not any(c in kind for c in "*?["):
+    if kind not in BREAKING_KINDS and not any(c in kind for c in "*?["):
         raise ConfigError(path, f"unknown change kind {kind!r}", entry,
-                          ", ".join(breaking) + " (or a wildcard)",
+                          ", ".join(BREAKING_KINDS) + " (or a wildcard)",
                           "copy the id from `export-archive diff OLD NEW`")

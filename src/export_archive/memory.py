@@ -6,12 +6,11 @@ process holds at least every weight once. On a machine (or container, or Vertex 
 job) without that much memory free, the kernel would kill the check half-way; instead
 the export refuses up front, naming the step, the bytes needed and the bytes free.
 
-Only the standard library: the CLI and the writer call it before anything heavy.
+Only the standard library, so its unit tests and callers import no TensorFlow.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from export_archive.errors import InputError
@@ -108,8 +107,6 @@ def _meminfo_field(path: str, field: str) -> Optional[int]:
 
 def _read_int(path: str) -> Optional[int]:
     # memory.max is the word "max" when the cgroup has no limit: not a number, no limit.
-    if not os.path.exists(path):
-        return None
     try:
         with open(path) as f:
             return int(f.read().strip())

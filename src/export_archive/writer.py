@@ -194,10 +194,12 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     # Before anything is written: a check process (or Beam worker) the kernel kills
     # half-way would leave the user an OOM instead of a reason.
     try:
-        if run_check:
-            memory.require_for_check(_variables_bytes(built))
-        if preflight is not None:
-            preflight(_variables_bytes(built))
+        if run_check or preflight is not None:
+            weight_bytes = _variables_bytes(built)
+            if run_check:
+                memory.require_for_check(weight_bytes)
+            if preflight is not None:
+                preflight(weight_bytes)
     except InputError:
         contract_process.discard()   # the process started above has nothing to check
         raise
