@@ -15,6 +15,14 @@ Example:
 >>> ExportConfig.parse(cfg.to_json()) == cfg
 True
 
+The format's one source of truth is its JSON Schema,
+``schema/export_config.schema.json``: every config is validated with it, and its
+errors carry the texts written beside each rule there (`schema_check`). This
+module keeps what a schema cannot say: duplicate keys, the size of the text, the
+limits it cannot count (tensors per signature, rank), finite tolerances, which
+serving runtimes ship an op registry, and the rules that span the document
+(unique names, `serving_default`).
+
 Every problem raises `ConfigError`, whose message names the field path
 (``endpoints[1].input_signature[0]``), what was received, what is allowed and
 how to fix it.
@@ -25,89 +33,81 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from export_archive.constants import BREAKING_KINDS, COMPATIBLE_KINDS
+from export_archive import runtimes
 from export_archive.errors import _MISSING, ConfigError, InputError  # noqa: F401 (re-exported)
+from export_archive.schema_check import SchemaCheck, join as _join, load_schema
 
+SCHEMA = load_schema("export_config.schema.json")
+_CHECK = SchemaCheck(SCHEMA, ConfigError)
+_DEFS, _TOP = SCHEMA["$defs"], SCHEMA["properties"]
+_ENDPOINT = _DEFS["endpoint"]["properties"]
+
+
+def _enum(schema: Dict[str, Any]) -> Tuple[str, ...]:
+    return tuple(schema["enum"])
+
+
+def _alternatives(pattern: str) -> Tuple[str, ...]:
+    """The literal words of a schema pattern's first group, ``^(a|b|c...)``."""
+    return tuple(w for w in re.search(r"\((.*?)[)]", pattern).group(1).split("|")
+                 if re.fullmatch(r"\w+", w))
+
+
+# The schema's value lists, named for the code that uses them.
 # Dtype names a signature leaf may use: the names `tf.as_dtype` accepts that TF
 # Serving's TensorProto can carry as an endpoint input.
-DTYPES = (
-    "bfloat16", "bool", "complex64", "complex128", "float16", "float32",
-    "float64", "int8", "int16", "int32", "int64", "string", "uint8",
-    "uint16", "uint32", "uint64",
-)
-
+DTYPES = _alternatives(_DEFS["spec_leaf"]["allOf"][1]["pattern"])
 KIND_FEATURES = "features"
 KIND_TF_EXAMPLE = "tf_example"
 # Named raw features in (as REST / Vertex clients send JSON `instances`), the
 # Transform graph applied in-graph, then the model.
 KIND_RAW_FEATURES = "raw_features"
-KINDS = (KIND_FEATURES, KIND_TF_EXAMPLE, KIND_RAW_FEATURES)
+KINDS = _enum(_ENDPOINT["kind"])
 # Kinds whose input is parsed or built from a Schema / Transform graph.
 SPEC_KINDS = (KIND_TF_EXAMPLE, KIND_RAW_FEATURES)
-
 FN_CALL = "call"
 FN_SIGNATURE_PREFIX = "signature:"
-
-METHODS = ("predict", "classify", "regress")
+METHODS = _enum(_ENDPOINT["method"])
 # What a classify endpoint applies to the model's output before it becomes `scores`.
-SCORE_ACTIVATIONS = ("none", "softmax", "sigmoid")
-
-VARIABLE_SOURCES = ("optimizer", "trainable", "non_trainable", "all")
+SCORE_ACTIVATIONS = _enum(_ENDPOINT["score_activation"])
+VARIABLE_SOURCES = _alternatives(
+    _DEFS["variable_collection"]["properties"]["source"]["pattern"])
 VARIABLE_SOURCE_LAYER_PREFIX = "layer:"
 # `track` entries: a layer of the model by name, or a `module:attr` (an object to
 # track, or a builder called with the model that returns the objects).
 TRACK_LAYER_PREFIX = "layer:"
-
-# Attribute names the saved trackable already uses: an endpoint or variable
-# collection with one of these names would silently shadow it on reload.
-RESERVED_NAMES = frozenset({
-    "variables", "trainable_variables", "non_trainable_variables",
-    "signatures", "tensorflow_version", "tensorflow_git_version",
-    "graph_debug_info",
-    # tf_keras's ExportArchive is itself the saved object: an endpoint named like
-    # one of its methods replaces the method (and breaks the export).
-    "add_endpoint", "add_variable_collection", "concrete_endpoint", "track", "write_out",
-})
-
-# `tf.saved_model.SaveOptions` arguments that have a JSON representation,
-# with the Python type each must have.
-SAVE_OPTIONS = {
-    "namespace_whitelist": list,
-    "save_debug_info": bool,
-    "experimental_io_device": str,
-    "experimental_variable_policy": str,
-    "experimental_custom_gradients": bool,
-    "experimental_image_format": bool,
-    "experimental_skip_saver": bool,
-}
-VARIABLE_POLICIES = ("save_variable_devices", "expand_distributed_variables")
-
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\Z")
-_LEAF_RE = re.compile(r"^\s*([a-z0-9]+)\s*\[([^\]]*)\]\s*$")
-_MODULE_ATTR_RE = re.compile(
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
+# Attribute names the saved trackable already uses (and tf_keras's ExportArchive's
+# own methods): an endpoint or variable collection with one of these names would
+# shadow it on reload.
+RESERVED_NAMES = frozenset(_DEFS["name"]["not"]["enum"])
+# `tf.saved_model.SaveOptions` arguments that have a JSON representation.
+SAVE_OPTIONS = tuple(_TOP["save_options"]["properties"])
+VARIABLE_POLICIES = _enum(_TOP["save_options"]["properties"]["experimental_variable_policy"])
+# The serving-check options (see the `check` module) and the contract guard's
+# (see the `contract` module; used only when a baseline is given).
+CHECK_OPTIONS = tuple(_TOP["check"]["properties"])
+CHECK_MODES = _enum(_TOP["check"]["properties"]["mode"])
+CONTRACT_OPTIONS = tuple(_TOP["contract"]["properties"])
+ON_BREAKING = _enum(_TOP["contract"]["properties"]["on_breaking"])
+REQUEST_FIELDS = tuple(_DEFS["request_source"]["properties"])
 
 # Limits on what a config may ask for. Each one keeps a hostile or mistaken
 # config from running for minutes or writing a huge SavedModel before failing:
 # every endpoint is a traced function, and every name is written into the graph
-# several times (signature key, function names, object graph).
-MAX_NAME_LENGTH = 128            # endpoint, variable collection, input/output key names
-MAX_ENDPOINTS = 256
-MAX_VARIABLE_COLLECTIONS = 256
-MAX_TRACKED = 256                # entries of `track`
+# several times (signature key, function names, object graph). The schema holds
+# those it can state; the others are checked here.
+MAX_NAME_LENGTH = _DEFS["name"]["maxLength"]   # endpoint, collection, input/output key names
+MAX_ENDPOINTS = _TOP["endpoints"]["maxItems"]
+MAX_VARIABLE_COLLECTIONS = _TOP["variable_collections"]["maxItems"]
+MAX_TRACKED = _TOP["track"]["maxItems"]        # entries of `track`
 MAX_SPEC_LEAVES = 1024           # tensors in one endpoint's input_signature
 MAX_RANK = 32                    # dimensions of one tensor spec
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean",
-            int: "integer", float: "number", type(None): "null"}.get(
-                type(value), type(value).__name__)
 
 
 # --------------------------------------------------------------------------
@@ -122,36 +122,20 @@ class SpecLeaf:
 
     @classmethod
     def parse(cls, text: Any, path: str) -> "SpecLeaf":
-        example = 'e.g. "float32[?,3]" (? = unknown size, "string[]" = scalar)'
-        if not isinstance(text, str):
-            raise ConfigError(path, f"a tensor spec must be a string, not {_type_name(text)}",
-                              text, 'a "dtype[dims]" string, a list or an object of them',
-                              f"write the spec as a string, {example}")
-        match = _LEAF_RE.match(text)
-        if not match:
-            raise ConfigError(path, "a tensor spec must look like dtype[dims]", text,
-                              '"dtype[dims]" with dims a comma-separated list of sizes or ?',
-                              f"write it {example}")
-        dtype, dims_text = match.group(1), match.group(2).strip()
-        if dtype not in DTYPES:
-            raise ConfigError(path, f"unknown dtype {dtype!r}", text, ", ".join(DTYPES),
-                              "use one of the allowed dtype names")
-        shape: List[Optional[int]] = []
-        if dims_text:
-            for dim in (d.strip() for d in dims_text.split(",")):
-                if dim in ("?", "None"):
-                    shape.append(None)
-                elif dim.isascii() and dim.isdigit() and len(dim) <= 18:
-                    shape.append(int(dim))
-                else:
-                    raise ConfigError(path, f"bad dimension {dim!r}", text,
-                                      "non-negative integers or ?",
-                                      f"write unknown sizes as ?, {example}")
-            if len(shape) > MAX_RANK:
-                raise ConfigError(path, f"rank {len(shape)} is over the limit of {MAX_RANK}",
-                                  text, f"at most {MAX_RANK} dimensions",
-                                  "reshape the input to fewer dimensions")
-        return cls(dtype, tuple(shape))
+        _CHECK.validate(text, path, "spec_leaf")
+        return cls._read(text, path)
+
+    @classmethod
+    def _read(cls, text: str, path: str) -> "SpecLeaf":
+        """A leaf the schema accepted; only the rank is left to check."""
+        dtype, dims = text.strip()[:-1].split("[", 1)
+        shape = tuple(None if d.strip() in ("?", "None") else int(d)
+                      for d in dims.split(",")) if dims.strip() else ()
+        if len(shape) > MAX_RANK:
+            raise ConfigError(path, f"rank {len(shape)} is over the limit of {MAX_RANK}",
+                              text, f"at most {MAX_RANK} dimensions",
+                              "reshape the input to fewer dimensions")
+        return cls(dtype.strip(), shape)
 
     def __str__(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
@@ -161,25 +145,12 @@ class SpecLeaf:
 Signature = Union[SpecLeaf, List["Signature"], Dict[str, "Signature"]]
 
 
-def _parse_structure(value: Any, path: str) -> Signature:
+def _read_structure(value: Any, path: str) -> Signature:
     if isinstance(value, list):
-        if not value:
-            raise ConfigError(path, "a nested list of specs must not be empty", value,
-                              "a non-empty list of specs", "remove the empty list or add its specs")
-        return [_parse_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_read_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        if not value:
-            raise ConfigError(path, "a dict of specs must not be empty", value,
-                              "an object mapping input names to specs",
-                              "remove the empty object or add its specs")
-        out = {}
-        for key, v in value.items():
-            if not isinstance(key, str) or not key:
-                raise ConfigError(path, "dict keys must be non-empty strings", key,
-                                  "input names", "name each input")
-            out[key] = _parse_structure(v, f"{path}.{key}")
-        return out
-    return SpecLeaf.parse(value, path)
+        return {k: _read_structure(v, f"{path}.{k}") for k, v in value.items()}
+    return SpecLeaf._read(value, path)
 
 
 def _dump_structure(value: Signature) -> Any:
@@ -192,21 +163,18 @@ def _dump_structure(value: Signature) -> Any:
 
 def parse_signature(value: Any, path: str = "input_signature") -> List[Signature]:
     """Parses an input signature: a list with one entry per positional argument."""
-    if not isinstance(value, list):
-        raise ConfigError(path, "input_signature must be a list with one entry per "
-                          "positional argument", value, 'an array, e.g. ["float32[?,3]"]',
-                          "wrap the spec in a list")
-    if not value:
-        raise ConfigError(path, "input_signature must not be empty", value,
-                          "at least one positional argument",
-                          "list the inputs, or omit input_signature to infer it from the model")
+    _CHECK.validate(value, path, "input_signature")
+    return _read_signature(value, path)
+
+
+def _read_signature(value: List[Any], path: str) -> List[Signature]:
     leaves = _count_leaves(value)
     if leaves > MAX_SPEC_LEAVES:
         raise ConfigError(path, f"input_signature has {leaves} tensor specs, over the limit "
                           f"of {MAX_SPEC_LEAVES}", f"{leaves} specs",
                           f"at most {MAX_SPEC_LEAVES} tensors per endpoint",
                           "group inputs into fewer, larger tensors")
-    return [_parse_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return [_read_structure(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
 
 def _count_leaves(value: Any) -> int:
@@ -221,87 +189,6 @@ def _count_leaves(value: Any) -> int:
         else:
             count += 1
     return count
-
-
-# --------------------------------------------------------------------------
-# Small typed readers for the JSON objects.
-
-
-class _Reader:
-    """Reads the fields of one JSON object, tracking which ones were used."""
-
-    def __init__(self, obj: Any, path: str, what: str, allowed: Tuple[str, ...]):
-        if not isinstance(obj, dict):
-            raise ConfigError(path or "<root>", f"{what} must be a JSON object, not "
-                              f"{_type_name(obj)}", obj, "an object", f"write {what} as {{...}}")
-        unknown = [k for k in obj if k not in allowed]
-        if unknown:
-            raise ConfigError(_join(path, str(unknown[0]) or '""'), f"unknown field in {what}",
-                              unknown[0], ", ".join(allowed),
-                              "remove it or correct its spelling")
-        self.obj, self.path = obj, path
-
-    def get(self, key: str, kind: type, default: Any = _MISSING, required: bool = False):
-        path = _join(self.path, key)
-        if key not in self.obj:
-            if required:
-                raise ConfigError(path, "required field is missing", fix=f"add `{key}`")
-            return default
-        value = self.obj[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if not ok:
-            raise ConfigError(path, f"must be {_kind_name(kind)}, not {_type_name(value)}",
-                              value, _kind_name(kind), f"write `{key}` as {_kind_name(kind)}")
-        return value
-
-    def name(self, key: str, required: bool = True, default=None) -> Optional[str]:
-        value = self.get(key, str, default=default, required=required)
-        if value is None:
-            return None
-        _check_length(_join(self.path, key), value)
-        if not _NAME_RE.match(value):
-            raise ConfigError(_join(self.path, key), "not a valid name", value,
-                              "a letter followed by letters, digits or _ (it becomes a "
-                              "signature key and a Python attribute)", "rename it, e.g. "
-                              f"{_suggest_name(value)!r}")
-        return value
-
-    def strings(self, key: str) -> Tuple[str, ...]:
-        values = self.get(key, list, default=[])
-        for i, v in enumerate(values):
-            if not isinstance(v, str) or not v:
-                raise ConfigError(f"{_join(self.path, key)}[{i}]", "must be a non-empty string",
-                                  v, "strings", "write each entry as a string")
-        return tuple(values)
-
-
-def _check_length(path: str, name: str) -> None:
-    if len(name) > MAX_NAME_LENGTH:
-        raise ConfigError(path, f"name is {len(name)} characters long, over the limit of "
-                          f"{MAX_NAME_LENGTH}", name, f"at most {MAX_NAME_LENGTH} characters",
-                          "use a shorter name (it becomes a signature key that clients "
-                          "type, and is written into the graph several times)")
-
-
-def _kind_name(kind: type) -> str:
-    return {str: "a string", bool: "a boolean (true/false)", list: "an array",
-            dict: "an object", int: "an integer"}[kind]
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _suggest_name(value: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", value).lstrip("_0123456789")
-    return cleaned or "serve"
-
-
-def _one_of(path: str, value: str, allowed: Tuple[str, ...], what: str) -> str:
-    if value not in allowed:
-        raise ConfigError(path, f"unknown {what}", value, ", ".join(allowed),
-                          f"use one of the allowed values")
-    return value
 
 
 # --------------------------------------------------------------------------
@@ -354,101 +241,20 @@ class EndpointConfig:
         return module, attr
 
     @classmethod
-    def from_json(cls, obj: Any, path: str) -> "EndpointConfig":
-        r = _Reader(obj, path, "an endpoint", cls.FIELDS)
-        name = r.name("name")
-        fn = r.get("fn", str, default=FN_CALL)
-        if fn != FN_CALL:
-            if fn.startswith(FN_SIGNATURE_PREFIX):
-                if not fn[len(FN_SIGNATURE_PREFIX):]:
-                    raise ConfigError(_join(path, "fn"), "signature name is empty", fn,
-                                      '"signature:NAME"', 'write e.g. "signature:serving_default"')
-            elif not _MODULE_ATTR_RE.match(fn):
-                raise ConfigError(_join(path, "fn"), "unknown endpoint function", fn,
-                                  '"call", "signature:NAME" or "module.path:factory"',
-                                  'use "call" for the model itself, or name a factory '
-                                  'as "my_module:make_serving_fn"')
-        kind = _one_of(_join(path, "kind"), r.get("kind", str, default=KIND_FEATURES),
-                       KINDS, "endpoint kind")
-        training = r.get("training", bool, default=False)
-        if training and fn != FN_CALL:
-            raise ConfigError(_join(path, "training"), "training applies only to "
-                              '`fn: "call"`', training, 'true only with fn "call"',
-                              "remove `training`, or set fn to \"call\"")
-        signature = None
-        if "input_signature" in r.obj:
-            if kind in SPEC_KINDS:
-                raise ConfigError(_join(path, "input_signature"), f"a {kind} endpoint's "
-                                  "inputs come from the Schema / Transform graph (tf_example: "
-                                  "one string[?] of serialized tf.Examples; raw_features: one "
-                                  "named input per raw feature)", r.obj["input_signature"],
-                                  f"no input_signature with kind {kind}",
-                                  "remove input_signature")
-            signature = tuple(parse_signature(r.obj["input_signature"],
-                                              _join(path, "input_signature")))
-        output_keys = None
-        if "output_keys" in r.obj:
-            output_keys = r.strings("output_keys")
-            if not output_keys:
-                raise ConfigError(_join(path, "output_keys"), "must not be empty", [],
-                                  "one key per output", "list the keys, or omit the field")
-            for i, key in enumerate(output_keys):
-                _check_length(f"{_join(path, 'output_keys')}[{i}]", key)
-            dup = _first_duplicate(output_keys)
-            if dup is not None:
-                raise ConfigError(_join(path, "output_keys"), "duplicate output key", dup,
-                                  "distinct keys", "rename one of them")
-        input_keys = None
-        if "input_keys" in r.obj:
-            if kind != KIND_FEATURES:
-                raise ConfigError(_join(path, "input_keys"), f"a {kind} endpoint's input "
-                                  "names are fixed (tf_example: examples / inputs; "
-                                  "raw_features: the feature names)", r.obj["input_keys"],
-                                  "input_keys on features endpoints only",
-                                  "remove input_keys")
-            input_keys = r.strings("input_keys")
-            dup = _first_duplicate(input_keys)
-            if not input_keys or dup is not None:
-                raise ConfigError(_join(path, "input_keys"), "must list distinct names",
-                                  list(input_keys), "one distinct name per input tensor",
-                                  "list the names, or omit the field")
-            for i, key in enumerate(input_keys):
-                _check_length(f"{_join(path, 'input_keys')}[{i}]", key)
-                if not _NAME_RE.match(key):
-                    raise ConfigError(f"{_join(path, 'input_keys')}[{i}]", "not a valid "
-                                      "input name", key, "a letter followed by letters, "
-                                      "digits or _ (TF Serving's REST API keys instances "
-                                      "by it)", f"rename it, e.g. {_suggest_name(key)!r}")
-        spec_only = {"transform": r.get("transform", bool, default=False),
-                     "exclude_features": r.strings("exclude_features")}
-        if kind not in SPEC_KINDS:
-            for key in spec_only:
-                if key in r.obj:
-                    raise ConfigError(_join(path, key), f"`{key}` applies only to "
-                                      "tf_example and raw_features endpoints", r.obj[key],
-                                      '`"kind": "tf_example"` or `"raw_features"` endpoints',
-                                      f'add "kind": "tf_example", or remove `{key}`')
-        method = _one_of(_join(path, "method"), r.get("method", str, default="predict"),
-                         METHODS, "method")
-        if "method" in r.obj and kind != KIND_TF_EXAMPLE:
-            raise ConfigError(_join(path, "method"), "`method` applies only to tf_example "
-                              "endpoints (TF Serving's Classify and Regress APIs take "
-                              "tf.Examples)", r.obj["method"], '`"kind": "tf_example"` '
-                              "endpoints", 'add "kind": "tf_example", or remove `method`')
-        classes = _classes(r, path)
-        score_activation = _one_of(
-            _join(path, "score_activation"), r.get("score_activation", str, default="none"),
-            SCORE_ACTIVATIONS, "score activation")
-        for key in ("classes", "score_activation"):
-            if key in r.obj and method != "classify":
-                raise ConfigError(_join(path, key), f"`{key}` applies only to classify "
-                                  "endpoints", r.obj[key], '`"method": "classify"` on a '
-                                  "tf_example endpoint", f'set "method": "classify", or '
-                                  f"remove `{key}`")
-        return cls(name=name, fn=fn, kind=kind, training=training,
-                   input_signature=signature, output_keys=output_keys, method=method,
-                   input_keys=input_keys, classes=classes, score_activation=score_activation,
-                   **spec_only)
+    def from_json(cls, obj: Dict[str, Any], path: str) -> "EndpointConfig":
+        """The endpoint of a config the schema accepted (`ExportConfig.parse` validates)."""
+        signature, classes = obj.get("input_signature"), obj.get("classes")
+        return cls(
+            name=obj["name"], fn=obj.get("fn", FN_CALL), kind=obj.get("kind", KIND_FEATURES),
+            training=obj.get("training", False),
+            input_signature=None if signature is None else tuple(
+                _read_signature(signature, _join(path, "input_signature"))),
+            output_keys=_tuple(obj.get("output_keys")), input_keys=_tuple(obj.get("input_keys")),
+            transform=obj.get("transform", False),
+            exclude_features=tuple(obj.get("exclude_features", ())),
+            method=obj.get("method", "predict"),
+            classes=dict(classes) if isinstance(classes, dict) else _tuple(classes),
+            score_activation=obj.get("score_activation", "none"))
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}
@@ -479,22 +285,8 @@ class EndpointConfig:
         return out
 
 
-def _classes(r: "_Reader", path: str) -> Optional[Any]:
-    """`classes`: a list of distinct labels, or {"vocabulary": NAME} (Transform's)."""
-    if "classes" not in r.obj:
-        return None
-    value, where = r.obj["classes"], _join(path, "classes")
-    if isinstance(value, dict):
-        sub = _Reader(value, where, "classes", ("vocabulary",))
-        return {"vocabulary": sub.get("vocabulary", str, required=True)}
-    labels = r.strings("classes")
-    dup = _first_duplicate(labels)
-    if not labels or dup is not None:
-        raise ConfigError(where, "must list distinct class labels", list(labels),
-                          'a list such as ["Adelie", "Chinstrap", "Gentoo"], or '
-                          '{"vocabulary": "NAME"} of the Transform graph',
-                          "list each class once, in the order of the model's outputs")
-    return labels
+def _tuple(values: Optional[List[Any]]) -> Optional[Tuple[Any, ...]]:
+    return None if values is None else tuple(values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,17 +302,9 @@ class VariableCollectionConfig:
         return None
 
     @classmethod
-    def from_json(cls, obj: Any, path: str) -> "VariableCollectionConfig":
-        r = _Reader(obj, path, "a variable collection", ("name", "source"))
-        name = r.name("name")
-        source = r.get("source", str, required=True)
-        is_layer = source.startswith(VARIABLE_SOURCE_LAYER_PREFIX) and len(source) > len(
-            VARIABLE_SOURCE_LAYER_PREFIX)
-        if source not in VARIABLE_SOURCES and not is_layer:
-            raise ConfigError(_join(path, "source"), "unknown variable source", source,
-                              ", ".join(VARIABLE_SOURCES) + ", layer:NAME",
-                              'use e.g. "optimizer" or "layer:dense_1"')
-        return cls(name=name, source=source)
+    def from_json(cls, obj: Dict[str, Any], path: str = "") -> "VariableCollectionConfig":
+        """The collection of a config the schema accepted."""
+        return cls(name=obj["name"], source=obj["source"])
 
     def to_json(self) -> Dict[str, Any]:
         return {"name": self.name, "source": self.source}
@@ -619,53 +403,27 @@ class ExportConfig:
 
     @classmethod
     def from_json(cls, obj: Any) -> "ExportConfig":
-        r = _Reader(obj, "", "the export config", cls.FIELDS)
-        raw_endpoints = r.get("endpoints", list, required=True)
-        if not raw_endpoints:
-            raise ConfigError("endpoints", "at least one endpoint is required", [],
-                              "a non-empty array of endpoints",
-                              'add e.g. {"name": "serve"}')
-        # Checked before any endpoint is read: each endpoint costs a trace at export.
-        _check_count("endpoints", raw_endpoints, MAX_ENDPOINTS, "endpoints")
-        _check_count("variable_collections", r.obj.get("variable_collections"),
-                     MAX_VARIABLE_COLLECTIONS, "variable collections")
-        _check_count("track", r.obj.get("track"), MAX_TRACKED, "tracked objects")
+        """A config from its parsed JSON (validated against the schema first)."""
+        _CHECK.validate(obj)
         endpoints = tuple(EndpointConfig.from_json(e, f"endpoints[{i}]")
-                          for i, e in enumerate(raw_endpoints))
-        collections = tuple(
-            VariableCollectionConfig.from_json(c, f"variable_collections[{i}]")
-            for i, c in enumerate(r.get("variable_collections", list, default=[])))
+                          for i, e in enumerate(obj["endpoints"]))
+        collections = tuple(VariableCollectionConfig.from_json(c)
+                            for c in obj.get("variable_collections", ()))
         _check_names(endpoints, collections)
-
-        serving_default = r.name("serving_default", required=False)
-        names = [e.name for e in endpoints]
-        if serving_default is not None:
-            if serving_default not in names:
-                raise ConfigError("serving_default", "names no endpoint", serving_default,
-                                  ", ".join(names), "name one of the endpoints")
-            if "serving_default" in names and serving_default != "serving_default":
-                raise ConfigError("serving_default", "an endpoint is already named "
-                                  "serving_default, so it is the default", serving_default,
-                                  '"serving_default" or omit the field',
-                                  "rename that endpoint, or drop this field")
-
-        save_options = _parse_save_options(r.get("save_options", dict, default={}))
-        modules = r.strings("import_modules")
-        for i, m in enumerate(modules):
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z", m):
-                raise ConfigError(f"import_modules[{i}]", "not a module name", m,
-                                  "a dotted Python module path", 'write e.g. "my_pkg.layers"')
-        unsafe = r.get("allow_unsafe_deserialization", bool, default=False)
-        check = _parse_check(r.get("check", dict, default={}))
-        contract = _parse_contract(r.get("contract", dict, default={}))
-        track = _parse_track(r)
-        from export_archive.runtimes import parse_serving_runtime  # no TensorFlow
-        runtime = (parse_serving_runtime(r.obj["serving_runtime"])
-                   if r.obj.get("serving_runtime") is not None else None)
-        return cls(endpoints=endpoints, serving_default=serving_default,
-                   variable_collections=collections, save_options=save_options,
-                   import_modules=modules, allow_unsafe_deserialization=unsafe, check=check,
-                   contract=contract, track=track, serving_runtime=runtime)
+        _check_serving_default(obj.get("serving_default"), [e.name for e in endpoints])
+        runtime = obj.get("serving_runtime")
+        return cls(
+            endpoints=endpoints, serving_default=obj.get("serving_default"),
+            variable_collections=collections,
+            save_options=tuple((k, _tuple(v) if isinstance(v, list) else v)
+                               for k, v in obj.get("save_options", {}).items()),
+            import_modules=tuple(obj.get("import_modules", ())),
+            allow_unsafe_deserialization=obj.get("allow_unsafe_deserialization", False),
+            check=_read_check(obj.get("check", {})),
+            contract=tuple((k, _tuple(obj["contract"][k]) if k == "allow" else obj["contract"][k])
+                           for k in CONTRACT_OPTIONS if k in obj.get("contract", {})),
+            track=tuple(obj.get("track", ())),
+            serving_runtime=None if runtime is None else runtimes.parse_serving_runtime(runtime))
 
     # ---- serialization
 
@@ -768,26 +526,9 @@ def _refuse_duplicate_keys(value: Any) -> None:
                          for i, v in enumerate(node))
 
 
-def _check_count(path: str, values: Any, limit: int, what: str) -> None:
-    if isinstance(values, list) and len(values) > limit:
-        raise ConfigError(path, f"{len(values)} {what}, over the limit of {limit}",
-                          f"{len(values)} {what}", f"at most {limit} {what}",
-                          f"split the export, or serve fewer {what} from one model "
-                          "(TF Serving loads every signature of a SavedModel)")
-
-
 def _too_deep() -> ConfigError:
     return ConfigError("<root>", "nested too deeply", allowed="a config of ordinary depth",
                        fix="flatten the input_signature")
-
-
-def _first_duplicate(values) -> Optional[str]:
-    seen = set()
-    for v in values:
-        if v in seen:
-            return v
-        seen.add(v)
-    return None
 
 
 def _check_names(endpoints, collections) -> None:
@@ -806,131 +547,31 @@ def _check_names(endpoints, collections) -> None:
         seen[name] = path
 
 
-def _parse_track(r: "_Reader") -> Tuple[str, ...]:
-    """`track`: "layer:NAME" or "module.path:attr" entries, each once."""
-    entries = r.strings("track")
-    example = '"layer:string_lookup" or "my_pkg.serving:vocab_table"'
-    for i, entry in enumerate(entries):
-        path = f"track[{i}]"
-        if entry.startswith(TRACK_LAYER_PREFIX):
-            if len(entry) == len(TRACK_LAYER_PREFIX):
-                raise ConfigError(path, "the layer name is empty", entry,
-                                  '"layer:NAME" with the name of a layer of the model',
-                                  f"write e.g. {example}")
-        elif not _MODULE_ATTR_RE.match(entry):
-            raise ConfigError(path, "not a layer or an importable object", entry,
-                              '"layer:NAME" (a layer of the model) or "module.path:attr" '
-                              "(a trackable object such as a lookup table or a Keras "
-                              "layer, or a builder called with the model that returns "
-                              "them)", f"write e.g. {example}")
-        first = entries.index(entry)
-        if first != i:
-            raise ConfigError(path, f"already listed as `track[{first}]`", entry,
-                              "each object once", "remove the repeated entry")
-    return entries
+def _check_serving_default(name: Optional[str], names: List[str]) -> None:
+    if name is None:
+        return
+    if name not in names:
+        raise ConfigError("serving_default", "names no endpoint", name, ", ".join(names),
+                          "name one of the endpoints")
+    if "serving_default" in names and name != "serving_default":
+        raise ConfigError("serving_default", "an endpoint is already named serving_default, "
+                          "so it is the default", name, '"serving_default" or omit the field',
+                          "rename that endpoint, or drop this field")
 
 
-def _parse_save_options(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
-    out = []
-    for key, value in obj.items():
-        path = f"save_options.{key}"
-        if key not in SAVE_OPTIONS:
-            raise ConfigError(path, "unknown SaveOptions argument", key,
-                              ", ".join(SAVE_OPTIONS), "remove it or correct its spelling")
-        kind = SAVE_OPTIONS[key]
-        if not isinstance(value, kind):
-            raise ConfigError(path, f"must be {_kind_name(kind)}", value, _kind_name(kind),
-                              f"write `{key}` as {_kind_name(kind)}")
-        if key == "namespace_whitelist":
-            for i, v in enumerate(value):
-                if not isinstance(v, str) or not v:
-                    raise ConfigError(f"{path}[{i}]", "must be a non-empty string", v,
-                                      "op namespace names", 'write e.g. "Addons"')
-            value = tuple(value)
-        if key == "experimental_variable_policy":
-            _one_of(path, value, VARIABLE_POLICIES, "variable policy")
-        out.append((key, value))
-    return tuple(out)
-
-
-# The serving-check options (see the `check` module). Parsed here so that a bad
-# option fails at pipeline definition like any other field.
-CHECK_OPTIONS = {"mode": str, "rtol": (int, float), "atol": (int, float),
-                 "warmup": bool, "enabled": bool,
-                 # The user's own requests (warmup file, REST bodies, tf.Examples):
-                 # parsed by `user_requests.parse_entries`.
-                 "requests": list}
-CHECK_MODES = ("fail", "warn")
-
-
-def _parse_check(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
-    out = []
-    for key, value in obj.items():
-        path = f"check.{key}"
-        if key not in CHECK_OPTIONS:
-            raise ConfigError(path, "unknown check option", key, ", ".join(CHECK_OPTIONS),
-                              "remove it or correct its spelling")
-        kind = CHECK_OPTIONS[key]
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ConfigError(path, "wrong type", value,
-                              "a number" if isinstance(kind, tuple) else _kind_name(kind),
-                              f"correct `{key}`")
-        if key == "mode":
-            _one_of(path, value, CHECK_MODES, "check mode")
-        if key == "requests":
-            from export_archive.user_requests import parse_entries  # no TensorFlow
-            value = parse_entries(value, path)
-        if key in ("rtol", "atol") and not 0 <= value < float("inf"):
-            raise ConfigError(path, "tolerance must be finite and >= 0", value, ">= 0",
-                              "use a tolerance such as 1e-5")
-        out.append((key, value))
-    return tuple(out)
-
-
-# The contract guard's options (see the `contract` module): what happens when the
-# new model would break the clients of the baseline model, and which breaks are
-# intended. Only used when a baseline is given (first runs have none).
-CONTRACT_OPTIONS = ("on_breaking", "allow")
-ON_BREAKING = ("fail", "warn")
-_ALLOW_RE = re.compile(r"^([^:\s]+):(\S+)\Z")
-
-
-def _parse_contract(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
-    r = _Reader(obj, "contract", "the contract section", tuple(CONTRACT_OPTIONS))
-    out = []
-    if "on_breaking" in obj:
-        out.append(("on_breaking", _one_of("contract.on_breaking", r.get("on_breaking", str),
-                                           ON_BREAKING, "on_breaking value")))
-    if "allow" in obj:
-        out.append(("allow", check_allowed_breaks(r.get("allow", list), "contract.allow")))
-    return tuple(out)
+def _read_check(obj: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    """`check`, with the request sources as (key, value) pairs in a fixed order."""
+    for key in ("rtol", "atol"):
+        if key in obj and not math.isfinite(obj[key]):
+            raise ConfigError(f"check.{key}", "tolerance must be finite and >= 0", obj[key],
+                              ">= 0", "use a tolerance such as 1e-5")
+    return tuple((key, tuple(tuple((f, e[f]) for f in REQUEST_FIELDS if f in e) for e in value)
+                  if key == "requests" else value) for key, value in obj.items())
 
 
 def check_allowed_breaks(entries: List[Any], field: str) -> Tuple[str, ...]:
     """The allowed-break ids (`KIND:PATH`, wildcards allowed) of `contract.allow` or the
     CLI's `diff --allow`, checked; a bad one raises `ConfigError` at `field[i]`."""
     for i, entry in enumerate(entries):
-        _check_allow_entry(f"{field}[{i}]", entry)
+        _CHECK.validate(entry, f"{field}[{i}]", "allowed_break")
     return tuple(entries)
-
-
-def _check_allow_entry(path: str, entry: Any) -> None:
-    example = '"input_renamed:serve/inputs/x" or "*:serve_features/*"'
-    if not isinstance(entry, str):
-        raise ConfigError(path, f"must be a string, not {_type_name(entry)}", entry,
-                          "a change id KIND:PATH as `export-archive diff` prints it",
-                          f"write it as a string, e.g. {example}")
-    match = _ALLOW_RE.match(entry)
-    if not match:
-        raise ConfigError(path, "an allowed break is named KIND:PATH", entry,
-                          "a change id as `export-archive diff` prints it (shell-style "
-                          "wildcards allowed)", f"write e.g. {example}")
-    kind = match.group(1)
-    if kind in COMPATIBLE_KINDS:
-        raise ConfigError(path, f"{kind!r} is a compatible change, which needs no allowing",
-                          entry, "a breaking kind: " + ", ".join(BREAKING_KINDS),
-                          "remove the entry")
-    if kind not in BREAKING_KINDS and not any(c in kind for c in "*?["):
-        raise ConfigError(path, f"unknown change kind {kind!r}", entry,
-                          ", ".join(BREAKING_KINDS) + " (or a wildcard)",
-                          "copy the id from `export-archive diff OLD NEW`")

@@ -685,9 +685,15 @@ def test_contract_kinds_agree_with_the_schema_and_import_no_tensorflow():
     schema_path = (pathlib.Path(__file__).resolve().parents[2] / "src" / "export_archive"
                    / "schema" / "export_config.schema.json")
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
-    pattern = schema["properties"]["contract"]["properties"]["allow"]["items"]["pattern"]
-    kinds = re.match(r"\^\((.*)\|\[\^", pattern).group(1).split("|")
+    assert schema["properties"]["contract"]["properties"]["allow"]["items"] == {
+        "$ref": "#/$defs/allowed_break"}
+    _, compatible, breaking = schema["$defs"]["allowed_break"]["allOf"]
+    kinds = re.match(r"\^\((.*)\|\[\^", breaking["pattern"]).group(1).split("|")
     assert kinds == list(contract.BREAKING_KINDS)
+    assert breaking["x-errors"]["pattern"]["allowed"].startswith(", ".join(kinds) + " (")
+    assert compatible["x-errors"]["not"]["allowed"] == "a breaking kind: " + ", ".join(kinds)
+    kinds = re.match(r"\^\((.*)\):", compatible["not"]["pattern"]).group(1).split("|")
+    assert kinds == list(contract.COMPATIBLE_KINDS)
     assert not set(contract.BREAKING_KINDS) & set(contract.COMPATIBLE_KINDS)
     code = ("import sys; from export_archive import contract; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")

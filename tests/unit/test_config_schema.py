@@ -1,8 +1,10 @@
-"""The JSON Schema of the export config agrees with the parser where a schema can.
+"""The JSON Schema of the export config is the parser's source of truth.
 
-Every valid config of the round-trip tests validates; every structurally bad
-config of the corpus is rejected. The configs only the parser rejects (names
-unique across the document, serving_default naming an endpoint) are listed in
+`config.py` validates with the schema; here it is used alone, as an editor or a
+validator outside Python would. Every valid config of the round-trip tests
+validates; every structurally bad config of the corpus is rejected. The configs
+only the parser rejects (names unique across the document, serving_default naming
+an endpoint, which serving runtimes ship an op registry) are listed in
 SCHEMA_CANNOT_CHECK, and the schema is shown to accept them, so the list stays
 exactly the schema's documented limits.
 """
@@ -24,6 +26,9 @@ SCHEMA_CANNOT_CHECK = {
     "duplicate_collection",
     "serving_default_unknown",
     "serving_default_conflict",
+    # the op registries shipped in the package (runtimes.available()), not a pattern
+    "serving_runtime_unregistered",
+    "serving_runtime_between",
 }
 
 # Bad configs that are not JSON values (JSON text, file paths): nothing to validate.
@@ -89,50 +94,66 @@ def test_schema_error_points_at_the_field():
     assert list(error.absolute_path) == ["endpoints", 0, "input_signature", 0]
 
 
-# ---- the schema's lists are the parser's (catches one being edited without the other)
+# ---- the parser's lists are the schema's
 
 
 def _defs(name):
     return SCHEMA["$defs"][name]
 
 
-def test_dtypes_match():
-    pattern = _defs("spec_leaf")["pattern"]
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_dtypes_are_the_schemas():
+    pattern = _defs("spec_leaf")["allOf"][1]["pattern"]
     listed = pattern.split("(", 1)[1].split(")", 1)[0].split("|")
-    assert sorted(listed) == sorted(config_module.DTYPES)
+    assert listed == list(config_module.DTYPES)
+    assert {"float32", "string", "bfloat16", "uint64"} <= set(listed)
 
 
-def test_enums_match():
+def test_enums_are_the_schemas():
     endpoint = _defs("endpoint")["properties"]
     assert endpoint["kind"]["enum"] == list(config_module.KINDS)
+    assert list(config_module.KINDS) == ["features", "tf_example", "raw_features"]
     assert endpoint["method"]["enum"] == list(config_module.METHODS)
     check = SCHEMA["properties"]["check"]["properties"]
     assert check["mode"]["enum"] == list(config_module.CHECK_MODES)
     assert set(check) == set(config_module.CHECK_OPTIONS)
     save = SCHEMA["properties"]["save_options"]["properties"]
     assert set(save) == set(config_module.SAVE_OPTIONS)
-    # "none" is accepted by config.py but rejected by tf.saved_model.SaveOptions
-    # (reported); the schema leaves it out. The set difference keeps this test
-    # true once config.py drops it too.
-    assert set(save["experimental_variable_policy"]["enum"]) == (
-        set(config_module.VARIABLE_POLICIES) - {"none"})
+    assert save["experimental_variable_policy"]["enum"] == list(config_module.VARIABLE_POLICIES)
     assert set(SCHEMA["properties"]) == set(config_module.ExportConfig.FIELDS)
     assert set(endpoint) == set(config_module.EndpointConfig.FIELDS)
+    assert config_module.VARIABLE_SOURCES == ("optimizer", "trainable", "non_trainable", "all")
+    assert config_module.MAX_ENDPOINTS == 256 and config_module.MAX_NAME_LENGTH == 128
 
 
-# tf_keras's ExportArchive is the saved object itself, so an endpoint named like
-# one of its methods shadows it (reported as a config.py bug; the schema already
-# reserves them).
-TF_KERAS_ARCHIVE_METHODS = {"add_endpoint", "add_variable_collection", "concrete_endpoint",
-                            "track", "write_out"}
+def test_reserved_names_include_the_archive_methods():
+    assert {"variables", "signatures", "add_endpoint", "write_out"} <= config_module.RESERVED_NAMES
 
 
-def test_reserved_names_match():
-    reserved = set(_defs("name")["not"]["enum"])
-    assert reserved == set(config_module.RESERVED_NAMES) | TF_KERAS_ARCHIVE_METHODS
+def test_every_error_text_belongs_to_a_rule_beside_it():
+    """An x-errors entry for a keyword its subschema lacks would never be shown."""
+    texts = 0
+    for node in _walk(SCHEMA):
+        for keyword, text in node.get("x-errors", {}).items():
+            assert keyword in node, (keyword, node)
+            text = {"problem": text} if isinstance(text, str) else text
+            assert set(text) <= {"problem", "received", "allowed", "fix", "find", "at_item"}
+            texts += 1
+    assert texts >= 50
 
 
-def test_variable_sources_match():
-    pattern = _defs("variable_collection")["properties"]["source"]["pattern"]
-    for source in config_module.VARIABLE_SOURCES:
-        assert f"|{source}|" in pattern or f"({source}|" in pattern
+def test_schema_order_checks_limits_before_items():
+    """The first error found is the one reported: a list's length comes before its items."""
+    for node in _walk(SCHEMA):
+        if "maxItems" in node and "items" in node:
+            keys = list(node)
+            assert keys.index("maxItems") < keys.index("items"), node

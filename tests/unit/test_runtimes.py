@@ -47,16 +47,26 @@ def test_the_registries_record_what_tf_added():
     assert set(ops["2.14"]) <= set(ops["2.15"]) <= set(ops["2.16"])
 
 
-def test_the_schema_admits_exactly_the_shipped_runtimes():
+def test_the_schema_admits_versions_and_the_parser_exactly_the_shipped_runtimes():
+    """Which runtimes ship a registry is data (op_registries/), not a schema pattern:
+    the schema admits any TF version, config.py asks `runtimes.available()`."""
     pattern = SCHEMA["properties"]["serving_runtime"]["pattern"]
     for version in SHIPPED:
         for text in (version, version + ".1", "tf-" + version):
             assert re.search(pattern, text), text
             assert runtimes.parse_serving_runtime(text) == version
-    for text in ("2.13", "2.17", "2.210", "latest", "2", " 2.15"):
+            assert ExportConfig.parse({"endpoints": [{"name": "s"}],
+                                       "serving_runtime": text}).serving_runtime == version
+    for text in ("2.13", "2.17", "2.210"):
+        assert re.search(pattern, text), text
+    for text in ("latest", "2", " 2.15", "2.15\n"):
         assert not re.search(pattern, text), text
+    for text in ("2.13", "2.17", "2.210", "latest", "2", " 2.15", "2.15\n"):
         with pytest.raises(ConfigError):
             runtimes.parse_serving_runtime(text)
+        with pytest.raises(ConfigError) as failed:
+            ExportConfig.parse({"endpoints": [{"name": "s"}], "serving_runtime": text})
+        assert failed.value.path == "serving_runtime"
 
 
 def test_an_unshipped_runtime_error_names_the_field_and_the_fix():
