@@ -13,9 +13,9 @@ warmup model. This subclass changes three things and nothing else:
    steps (Start, WaitUntilRunning, the serving binary's client,
    WaitUntilModelLoaded, requests, Stop in `finally`). Without
    `local_process_config`, TFX's own `_ValidateOnce` runs.
-2. `_Do`: before any server starts, the signatures named in the RequestSpec are
-   checked against what TFX's request builder accepts (`request_check`); a
-   model that cannot be queried that way is NOT blessed, with the reason.
+2. `_Do`: before any server starts, TFX's own request builder is called on the
+   model (`request_check`); a model it cannot build requests for is NOT blessed,
+   with the refused signatures and the fix, where TFX's component would fail.
 3. A failed validation leaves its reason on the blessing (custom property
    `infra_validation_failure` and a file), with the model server log's tail;
    full local model server logs are kept under `<blessing>/model_server_logs/`.
@@ -34,7 +34,7 @@ from tfx.components.infra_validator import executor as tfx_executor
 from tfx.dsl.io import fileio
 from tfx.proto import infra_validator_pb2
 from tfx.types import artifact_utils
-from tfx.utils import io_utils, path_utils
+from tfx.utils import io_utils
 
 from export_archive.components.infra_validator import request_check, spec
 from export_archive.components.infra_validator.local_process import (
@@ -83,9 +83,9 @@ class Executor(tfx_executor.Executor):
             # TFX 1.16 would run zero validations and bless the model.
             raise ValueError(NO_TAGS)
         if examples and request_spec:
-            model_path = path_utils.serving_model_path(
-                model.uri, path_utils.is_old_model_artifact(model))
-            problems = request_check.request_problems(model_path, request_spec)
+            # TFX's _Do builds the requests again (num_examples records): it has no hook.
+            problems = request_check.request_problems(serving_spec.model_name, model,
+                                                      examples, request_spec)
             if problems:
                 self._failures.extend(f"requests: {p}" for p in problems)
                 _mark_not_blessed(blessing)

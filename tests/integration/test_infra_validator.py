@@ -27,7 +27,7 @@ from tfx.proto import infra_validator_pb2 as iv_pb2  # noqa: E402
 from tfx.types import standard_artifacts  # noqa: E402
 
 from export_archive import describe, rest  # noqa: E402
-from export_archive.components.infra_validator import spec  # noqa: E402
+from export_archive.components.infra_validator import request_check, spec  # noqa: E402
 from helpers import fake_tf_serving  # noqa: E402
 from helpers import infra_fixtures as ifx  # noqa: E402
 from helpers import tfx_fixtures as fx  # noqa: E402
@@ -241,6 +241,10 @@ def _features_endpoint_requested(exported, tmp_path):
     return exported["model"], exported["examples"], ["serve_features"]
 
 
+def _raw_features_endpoint_requested(exported, tmp_path):
+    return exported["model"], exported["examples"], ["serving_default", "serve_raw"]
+
+
 @pytest.mark.parametrize("case, expected", [
     (_corrupt_warmup, ["exited with code 255", "the model server reported: Loading servable",
                        "Failed to start server", "warmup"]),
@@ -250,7 +254,11 @@ def _features_endpoint_requested(exported, tmp_path):
     (_features_endpoint_requested, [
         "signature 'serve_features' cannot take InfraValidator's requests",
         "f1 (DT_FLOAT [?,1])", '"kind": "tf_example"']),
-], ids=["load_fails", "request_fails", "not_a_tf_example_endpoint"])
+    (_raw_features_endpoint_requested, [
+        "signature 'serve_raw' cannot take InfraValidator's requests",
+        "2 input(s): f1 (DT_FLOAT [?]), f2 (DT_FLOAT [?])", request_check.CANNOT_BUILD,
+        "Unable to find valid input key", request_check.FIX]),
+], ids=["load_fails", "request_fails", "not_a_tf_example_endpoint", "raw_features_endpoint"])
 def test_not_blessed_with_the_reason(exported, tmp_path, fake_on_path, case, expected):
     model, examples, signatures = case(exported, tmp_path)
     blessing = ifx.run_infra_validator(
@@ -265,13 +273,23 @@ def test_not_blessed_with_the_reason(exported, tmp_path, fake_on_path, case, exp
         assert text in reason, reason
     with open(os.path.join(blessing.uri, spec.FAILURE_FILE)) as f:
         assert f.read().startswith(reason.split("\n")[0])
-    started = case is not _features_endpoint_requested
+    started = case not in (_features_endpoint_requested, _raw_features_endpoint_requested)
     assert os.path.isdir(os.path.join(blessing.uri, spec.LOGS_DIR)) == started
     # Pusher pushes nothing.
     pushed = ifx.run_pusher(tmp_path / "push", str(tmp_path / "serving"),
                             infra_blessing=blessing)
     assert pushed.get_int_custom_property("pushed") == 0
     assert not os.path.exists(tmp_path / "serving")
+
+
+def test_examples_the_builder_cannot_read_fail_the_component(exported, tmp_path,
+                                                            fake_on_path):
+    """The Examples artifact's problem is the pipeline's, not the model's: TFX's error."""
+    request = ifx.request_spec(["serving_default"])
+    request.split_name = "train"   # the artifact has only `eval`
+    with pytest.raises(ValueError, match="No split_name train; available split names: eval"):
+        ifx.run_infra_validator(tmp_path / "iv", exported["model"], exported["examples"],
+                                request=request, local_process_config={})
 
 
 # ---- the runner's process handling and the component's checks (no TensorFlow server)
