@@ -27,12 +27,14 @@ message, not "matches none of the alternatives").
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import json
 import os
 import re
 import string
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Iterator, Optional, Tuple, Type
 
 from export_archive.errors import _MISSING, InputError
 
@@ -115,9 +117,92 @@ received "loud". allowed: fail, warn. fix: use one of the allowed values.
 
     def validate(self, value: Any, path: str = "", definition: Optional[str] = None) -> None:
         """Raises the first error of `value` (at `path`), built from the schema's texts."""
-        error = next(iter(self._validator(definition).iter_errors(value)), None)
+        try:
+            error = next(iter(self._validator(definition).iter_errors(value)), None)
+        except RecursionError:
+            raise self.too_deep() from None
         if error is not None:
             raise self.to_error(_speaker(error), path)
+
+    def read(self, source: Any, max_chars: int) -> Tuple[Any, Optional[str]]:
+        """A document from JSON text, UTF-8 bytes, a file path (a str not starting like
+        JSON, or an os.PathLike) or an already parsed value; and the file it came from."""
+        if isinstance(source, os.PathLike):
+            source = os.fspath(source)
+            return self._read_file(source, max_chars), source
+        if isinstance(source, bytes):
+            try:
+                source = source.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise self.error(self.root, f"not UTF-8 text ({e.reason})", source[:50],
+                                 "UTF-8 JSON text", "save the config as UTF-8") from None
+        if isinstance(source, str):
+            stripped = source.lstrip()
+            if stripped and not stripped.startswith(("{", "[")):
+                return self._read_file(source, max_chars), source
+            return self.loads(source, max_chars), None
+        return source, None
+
+    def _read_file(self, path: str, max_chars: int) -> Any:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(max_chars + 1)  # one more than the limit is enough to refuse it
+        except (OSError, ValueError) as e:  # ValueError: NUL in the path, or not UTF-8
+            raise self.error("<file>", "cannot read config file "
+                             f"({getattr(e, 'strerror', None) or e})", path,
+                             "a readable UTF-8 JSON file, JSON text or a dict",
+                             "check the path") from None
+        with self.in_file(path):
+            return self.loads(text if text.strip() else "{}", max_chars)
+
+    @contextlib.contextmanager
+    def in_file(self, path: Optional[str]) -> Iterator[None]:
+        """Errors raised inside also name the file the document came from (if any)."""
+        try:
+            yield
+        except self.error as e:
+            if path is None:
+                raise
+            raise self.error(e.where, f"{e.problem} (in {path})", e.received, e.allowed,
+                             e.fix) from None
+
+    def loads(self, text: str, max_chars: int) -> Any:
+        """JSON text -> its value. Refuses text over `max_chars`, invalid JSON, and a key
+        repeated in one object: `json.loads` keeps the last value, so a document where
+        `"name"` appears twice would silently mean something else than its first
+        reader saw (JSON parsers disagree on which one wins)."""
+        if len(text) > max_chars:
+            raise self.error(self.root, f"the config is {len(text)} characters long, over "
+                             f"the limit of {max_chars}", f"{len(text)} characters",
+                             f"at most {max_chars} characters",
+                             "check that the right file was given")
+        try:
+            value = json.loads(text, object_pairs_hook=_KeyedObject.from_pairs)
+        except json.JSONDecodeError as e:
+            raise self.error(self.root, f"not valid JSON ({e.msg} at line {e.lineno} column "
+                             f"{e.colno})", text, "a JSON object", "fix the JSON syntax") from None
+        except RecursionError:
+            raise self.too_deep() from None
+        # Breadth first, so the reported path is the shallowest repeat.
+        queue = collections.deque([("", value)])
+        while queue:
+            path, node = queue.popleft()
+            key = getattr(node, "duplicate", None)
+            if key is not None:
+                raise self.error(join(path, key), f"key {key!r} appears more than once in the "
+                                 f"same object{'' if path else ' (the root)'}", key,
+                                 "each key once per object", "remove the repeated key, "
+                                 "keeping the value you mean (JSON parsers disagree on which "
+                                 "one wins)")
+            items = node.items() if isinstance(node, dict) else enumerate(
+                node if isinstance(node, list) else ())
+            queue.extend((join(path, k) if path or isinstance(k, str) else f"[{k}]", v)
+                         for k, v in items)
+        return value
+
+    def too_deep(self) -> InputError:
+        return self.error(self.root, "nested too deeply", allowed="a document of ordinary depth",
+                          fix="flatten the nested lists and objects")
 
     def to_error(self, error, base: str = "") -> InputError:
         """The `InputError` a jsonschema `ValidationError` means, with the schema's texts."""
@@ -180,6 +265,21 @@ def _fill(text: Optional[str], fields: Dict[str, Any]) -> Optional[str]:
     if text is None:
         return None
     return string.Template(text).safe_substitute({k: str(v) for k, v in fields.items()})
+
+class _KeyedObject(dict):
+    """A parsed JSON object that remembers the first key it saw twice."""
+
+    duplicate: Optional[str] = None
+
+    @classmethod
+    def from_pairs(cls, pairs) -> "_KeyedObject":
+        obj = cls()
+        for key, value in pairs:
+            if key in obj and obj.duplicate is None:
+                obj.duplicate = key
+            obj[key] = value
+        return obj
+
 
 def _speaker(error):
     """The error that says what is wrong: inside anyOf / oneOf, the first alternative
