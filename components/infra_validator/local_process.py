@@ -46,12 +46,14 @@ from tfx.components.infra_validator import error_types
 from tfx.components.infra_validator.model_server_runners import base_runner
 from tfx.utils import io_utils
 
+from export_archive.errors import InputError
+from export_archive.schema_check import SchemaCheck, load_schema
+
 DEFAULT_BINARY = "tensorflow_model_server"
-# Flags the platform sets itself; the config has a field for each.
-OWNED_FLAGS = {"--port": "port", "--model_name": "ServingSpec.model_name",
-               "--model_base_path": "model_base_path",
-               "--max_num_load_retries": "max_num_load_retries",
-               "--load_retry_interval_micros": "load_retry_interval_micros"}
+# The format's one source of truth (as the export config's): field types, ranges and
+# the flags the platform sets itself, with the texts of their errors.
+SCHEMA = load_schema("local_process_config.schema.json")
+MAX_CONFIG_CHARS = 1 << 20
 _POLLING_INTERVAL_SEC = 0.5
 # What TF Serving logs when it gives up on a model: tensorflow_serving/util/retrier.cc
 # logs "<description> failed: <status>" for every try, where the description is
@@ -61,11 +63,14 @@ SERVER_ERROR_PATTERNS = (re.compile(r"Loading servable: .* failed: "),
                          re.compile(r"Failed to start server"))
 
 
-class LocalProcessConfigError(ValueError):
-    """A bad `local_process_config`; the message names the field and the fix."""
+class LocalProcessConfigError(InputError):
+    """A bad `local_process_config`; the message names the field, what is allowed and
+    the fix."""
 
-    def __init__(self, field: str, problem: str, fix: str):
-        super().__init__(f"local_process_config field `{field}`: {problem}. fix: {fix}.")
+    subject = "local_process_config field"
+
+
+_CHECK = SchemaCheck(SCHEMA, LocalProcessConfigError, root="(root)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,73 +113,22 @@ class LocalProcessConfig:
     @classmethod
     def parse(cls, value: Union["LocalProcessConfig", Dict[str, Any], str, None]
               ) -> "LocalProcessConfig":
-        """From a config, a dict or JSON text; validates every field."""
+        """From a config, a dict or JSON text; validates every field (the schema)."""
         if isinstance(value, cls):
             value.validate()
             return value
-        if value is None:
+        if value is None or (isinstance(value, str) and not value.strip()):
             value = {}
         if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as e:
-                raise LocalProcessConfigError("(root)", f"not valid JSON ({e})",
-                                              "pass a dict or a JSON object") from None
-        if not isinstance(value, dict):
-            raise LocalProcessConfigError("(root)", f"expected an object, got "
-                                          f"{type(value).__name__}", "pass a dict")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise LocalProcessConfigError(unknown[0], "unknown field",
-                                          f"use one of {sorted(known)}")
-        config = cls(**{k: (list(v) if k == "extra_flags" and isinstance(v, (list, tuple))
-                            else v) for k, v in value.items()})
-        config.validate()
-        return config
+            value = _CHECK.loads(value, MAX_CONFIG_CHARS)
+        if isinstance(value, dict):
+            value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+        _CHECK.validate(value)
+        integers = [k for k, v in SCHEMA["properties"].items() if v.get("type") == "integer"]
+        return cls(**{k: int(v) if k in integers else v for k, v in value.items()})
 
     def validate(self) -> None:
-        if not isinstance(self.binary, str) or not self.binary:
-            raise LocalProcessConfigError("binary", f"got {self.binary!r}",
-                                          "name the TF Serving binary, e.g. "
-                                          f"{DEFAULT_BINARY!r}")
-        if (not isinstance(self.port, int) or isinstance(self.port, bool)
-                or not 0 <= self.port <= 65535):
-            raise LocalProcessConfigError("port", f"got {self.port!r}",
-                                          "use 0 (a free port) or a port number")
-        if not isinstance(self.model_base_path, str):
-            raise LocalProcessConfigError("model_base_path", f"got {self.model_base_path!r}",
-                                          "use a directory path, or '' to serve in place")
-        if not isinstance(self.extra_flags, list) or not all(
-                isinstance(f, str) for f in self.extra_flags):
-            raise LocalProcessConfigError("extra_flags", f"got {self.extra_flags!r}",
-                                          'use a list of strings, e.g. ["--enable_batching"]')
-        for i, flag in enumerate(self.extra_flags):
-            name = flag.split("=", 1)[0]
-            if not flag.startswith("--"):
-                raise LocalProcessConfigError(f"extra_flags[{i}]", f"{flag!r} is not a flag",
-                                              "write flags as --name=value")
-            if name in OWNED_FLAGS:
-                raise LocalProcessConfigError(
-                    f"extra_flags[{i}]", f"{name} is set by the platform",
-                    f"set {OWNED_FLAGS[name]} instead")
-        if not isinstance(self.env, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
-            raise LocalProcessConfigError("env", f"got {self.env!r}",
-                                          "use an object of string names to string values")
-        if (not isinstance(self.stop_timeout_seconds, (int, float))
-                or isinstance(self.stop_timeout_seconds, bool)
-                or self.stop_timeout_seconds <= 0):
-            raise LocalProcessConfigError("stop_timeout_seconds",
-                                          f"got {self.stop_timeout_seconds!r}",
-                                          "use a positive number of seconds")
-        for name in ("max_num_load_retries", "load_retry_interval_micros"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise LocalProcessConfigError(
-                    name, f"got {value!r}", "use a whole number >= 0 (0 retries: a model "
-                    "that cannot load fails at once)" if name == "max_num_load_retries"
-                    else "use a whole number of microseconds >= 0")
+        _CHECK.validate(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
