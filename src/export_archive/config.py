@@ -39,7 +39,8 @@ from export_archive.errors import _MISSING, ConfigError, InputError  # noqa: F40
 from export_archive.schema_check import SchemaCheck, join as _join, load_schema
 
 SCHEMA = load_schema("export_config.schema.json")
-_CHECK = SchemaCheck(SCHEMA, ConfigError)
+_CHECK = SchemaCheck(SCHEMA, ConfigError,
+                     values={"runtimes": ", ".join(runtimes.available())})
 _DEFS, _TOP = SCHEMA["$defs"], SCHEMA["properties"]
 _ENDPOINT = _DEFS["endpoint"]["properties"]
 

@@ -13,10 +13,11 @@ beside the rule they explain, in keywords other validators ignore:
   used by the default texts (``unknown field in $what``, ``unknown $what``).
 
 Texts are `string.Template`s: ``$got`` (the value's JSON type), ``$expected`` (the
-type asked for), ``$value``, ``$found``, ``$key`` (the field named by a missing or
-unknown key), ``$limit``, ``$count`` (the value's length), ``$values`` (the allowed
-values), ``$first`` (where a repeated item first appears), ``$where`` (the path),
-``$suggested`` (a valid name close to the value) and ``$what``.
+type asked for), ``$value``, ``$found``, ``$key`` (the field: the missing or unknown
+key, else the last name of the path), ``$limit``, ``$count`` (the value's length),
+``$values`` (the allowed values), ``$first`` (where a repeated item first appears),
+``$where`` (the path), ``$suggested`` (a valid name close to the value), ``$what``,
+and any the caller passes for data a schema cannot hold (``$runtimes``).
 
 Which error is reported: the first one `jsonschema` finds, so the schema's keyword
 order is the order of the checks (``maxItems`` before ``items``: a 10,000-endpoint
@@ -43,7 +44,7 @@ SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema")
 # The texts of a keyword without x-errors: (problem, received, allowed, fix). A
 # received of None is the value itself.
 _DEFAULTS = {
-    "type": ("must be $expected, not $got", None, "$expected", "write it as $expected"),
+    "type": ("must be $expected, not $got", None, "$expected", "write `$key` as $expected"),
     "required": ("required field is missing", _MISSING, None, "add `$key`"),
     "additionalProperties": ("unknown field in $what", "$key", "$properties",
                              "remove it or correct its spelling"),
@@ -102,8 +103,10 @@ class SchemaCheck:
 received "loud". allowed: fail, warn. fix: use one of the allowed values.
     """
 
-    def __init__(self, schema: Dict[str, Any], error: Type[InputError], root: str = "<root>"):
-        self.schema, self.error, self.root = schema, error, root
+    def __init__(self, schema: Dict[str, Any], error: Type[InputError], root: str = "<root>",
+                 values: Optional[Dict[str, str]] = None):
+        # `values`: more $names for the texts, from data the schema cannot hold.
+        self.schema, self.error, self.root, self.values = schema, error, root, values or {}
 
     @functools.lru_cache(maxsize=None)
     def _validator(self, definition: Optional[str]):
@@ -210,7 +213,9 @@ received "loud". allowed: fail, warn. fix: use one of the allowed values.
         where = base
         for key in error.absolute_path:
             where = join(where, key)
+        path = list(error.absolute_path)
         fields: Dict[str, Any] = {
+            **self.values, "key": path[-1] if path and isinstance(path[-1], str) else where,
             "got": type_name(value), "what": schema.get("x-what", "value") if isinstance(
                 schema, dict) else "value", "limit": error.validator_value, "where": where,
             "value": value if isinstance(value, str) else json.dumps(value)}
