@@ -218,7 +218,7 @@ received "loud". allowed: fail, warn. fix: use one of the allowed values.
             **self.values, "key": path[-1] if path and isinstance(path[-1], str) else where,
             "got": type_name(value), "what": schema.get("x-what", "value") if isinstance(
                 schema, dict) else "value", "limit": error.validator_value, "where": where,
-            "value": value if isinstance(value, str) else json.dumps(value)}
+            "value": value if isinstance(value, str) else json.dumps(value, default=repr)}
         if isinstance(value, (str, list, dict)):
             fields["count"] = len(value)
         texts = schema.get("x-errors", {}).get(keyword, {}) if isinstance(schema, dict) else {}
@@ -238,7 +238,7 @@ received "loud". allowed: fail, warn. fix: use one of the allowed values.
         elif keyword == "uniqueItems":
             seen: Dict[str, int] = {}
             for i, item in enumerate(value):
-                first = seen.setdefault(json.dumps(item, sort_keys=True), i)
+                first = seen.setdefault(json.dumps(item, sort_keys=True, default=repr), i)
                 if first != i:
                     fields.update(first=first, dup=item)
                     if texts.get("at_item"):
