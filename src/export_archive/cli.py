@@ -17,10 +17,13 @@ baseline's serving contract.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
 import sys
+import tempfile
+import warnings
 from typing import List, Optional
 
 from export_archive.config import ConfigError, ExportConfig, check_allowed_breaks
@@ -49,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                              "a bug report)")
     parser.add_argument("--verbose", action="store_true",
                         help="keep TensorFlow's C++ log lines (off by default, unless "
-                             "TF_CPP_MIN_LOG_LEVEL is set)")
+                             "TF_CPP_MIN_LOG_LEVEL is set) and other libraries' "
+                             "deprecation warnings")
     sub = parser.add_subparsers(dest="command", required=True)
 
     exp = sub.add_parser("export", help="export a model with the endpoints of a config")
@@ -151,9 +155,10 @@ def _cmd_export(args) -> int:
     # forked from ours right after TensorFlow loads, instead of importing it anew
     # after the SavedModel is written (contract_process).
     from export_archive import contract_process
-    contract_process.prestart_for(config, args.check)
-    from export_archive import step, writer
-    from export_archive.sources import SourceError, resolve_model_path
+    with _tensorflow_loading_quietly():   # prestart_for may import it for the fork
+        contract_process.prestart_for(config, args.check)
+        from export_archive import describe, step, writer
+        from export_archive.sources import SourceError, resolve_model_path
 
     example_files = ()
     if args.schema or args.transform_graph:
@@ -195,8 +200,7 @@ def _cmd_export(args) -> int:
         if result.replaced_previous:
             print(f"  replaced the previous export at {result.output_dir} (--overwrite)")
         for e in result.endpoints:
-            mode = " (training mode)" if e.training else ""
-            print(f"  endpoint {e.name}{mode}: inputs {e.inputs} -> outputs {e.outputs}")
+            print(f"  {describe.signature_line(e)}{' (training mode)' if e.training else ''}")
         for name, count in result.variable_collections.items():
             print(f"  variable collection {name}: {count} variables")
         if result.check_passed is None:
@@ -230,7 +234,8 @@ def _saved_model_dir(path: str) -> str:
 
 
 def _cmd_describe(args) -> int:
-    from export_archive import describe
+    with _tensorflow_loading_quietly():
+        from export_archive import describe
     from export_archive.sources import resolve_model_path
     try:
         signatures = describe.describe(_saved_model_dir(args.dir))
@@ -248,8 +253,9 @@ def _cmd_describe(args) -> int:
 
 def _cmd_check(args) -> int:
     from export_archive import contract_process
-    contract_process.prestart_for(None, True)   # before our TensorFlow import: see there
-    from export_archive import check
+    with _tensorflow_loading_quietly():
+        contract_process.prestart_for(None, True)   # before our TensorFlow import: see there
+        from export_archive import check
 
     def error(message):
         if args.json:   # a script reading --json output must get JSON on every path
@@ -281,7 +287,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_diff(args) -> int:
-    from export_archive import contract
+    with _tensorflow_loading_quietly():
+        from export_archive import contract
     try:
         check_allowed_breaks(args.allow, "--allow")
         old, new = (_saved_model_dir(d) for d in (args.old, args.new))
@@ -295,18 +302,77 @@ def _cmd_diff(args) -> int:
     return EXIT_CHECK_FAILED if diff.breaking else 0
 
 
-def quiet_native_logs(argv: Optional[List[str]] = None) -> None:
-    """Turns TensorFlow's C++ logging down to FATAL, unless the user asked for logs
-    (`--verbose`, or TF_CPP_MIN_LOG_LEVEL set). Must run before TensorFlow loads.
+# Third-party noise a quiet command hides: deprecation notices that TensorFlow, Keras,
+# Beam / tf.Transform and the Google client libraries raise about their own internals
+# or their dependencies' versions (importing TensorFlow alone warns that
+# google.api_core will drop Python 3.10: advice for whoever maintains the
+# environment, not for this command's user). Only these categories and only from
+# these packages: a UserWarning, or any warning from the user's or our own code, is
+# still printed. The main job's console hides the same (pipelines/console.py).
+NOISY_WARNING_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+NOISY_WARNING_MODULES = (r"(apache_beam|tfx|tfx_bsl|tensorflow|tensorflow_transform|"
+                         r"tensorflow_model_analysis|tensorflow_data_validation|keras|tf_keras|"
+                         r"google|proto|pkg_resources|setuptools|pyarrow|numpy)(\..*)?$")
 
-    Why: what TF's C++ side logs on a healthy run is noise to a CLI user, and some of
-    it reads as a failure. TF 2.17+ wheels log `failed call to cuInit` at ERROR on
-    every machine without a GPU, and output errors reach the user as exceptions
-    anyway, in the one paragraph the CLI prints.
+
+def quiet_native_logs(argv: Optional[List[str]] = None) -> None:
+    """Quiets what other libraries print on a healthy run, unless the user asked for it
+    (`--verbose`). Must run before TensorFlow loads.
+
+    - TensorFlow's C++ logging goes down to FATAL, unless TF_CPP_MIN_LOG_LEVEL is set.
+      TF 2.17+ wheels log `failed call to cuInit` at ERROR on every machine without a
+      GPU, and some start-up lines read as failures; output errors reach the user
+      as exceptions anyway, in the one paragraph the CLI prints.
+    - The third-party warnings above are ignored, unless the user chose warning
+      filters (`python -W`, PYTHONWARNINGS).
     """
+    global _quiet_native
     args = sys.argv[1:] if argv is None else argv
-    if "--verbose" not in args:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _quiet_native = "--verbose" not in args and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if "--verbose" in args:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not sys.warnoptions:
+        for category in NOISY_WARNING_CATEGORIES:
+            warnings.filterwarnings("ignore", category=category, module=NOISY_WARNING_MODULES)
+
+
+# True when quiet_native_logs chose TF's log level (no --verbose, none set by the user).
+_quiet_native = False
+
+
+@contextlib.contextmanager
+def _tensorflow_loading_quietly():
+    """Loads TensorFlow (in the block, or after it) with its native start-up lines kept
+    off the terminal, when quiet_native_logs chose the log level. The block holds
+    what must run before our own TensorFlow import (contract_process.prestart_for,
+    which may import it for the check process's fork) and the command's imports.
+
+    TF 2.18+ logs through absl before anything calls absl::InitializeLog, and absl
+    then writes every line (oneDNN, CUDA probing: INFO) to stderr whatever
+    TF_CPP_MIN_LOG_LEVEL says. So file descriptor 2 goes to a temporary file for the
+    block alone; the file is shown when an import fails.
+    """
+    if not _quiet_native or "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as native:
+        os.dup2(native.fileno(), 2)
+        try:
+            yield
+            import tensorflow  # noqa: F401  (if the block did not load it: here, quietly)
+        except ImportError:   # e.g. TensorFlow's own library failed to load: say why
+            sys.stderr.flush()
+            os.dup2(real_stderr, 2)
+            native.seek(0)
+            sys.stderr.write(native.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(real_stderr, 2)
+            os.close(real_stderr)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -112,6 +112,19 @@ def serving_default_alias(export_dir: str) -> Optional[str]:
     return None
 
 
+def signature_line(signature) -> str:
+    """One signature on one line, in `format_signatures`' notation (``key: dtype[dims]``):
+    ``serve(features: float32[?,3]) -> scores: float32[?,2]``; a classify or regress
+    signature ends with its method, ``(classify)``. `signature`: a SignatureInfo or
+    anything with the same fields (`export`'s EndpointResult)."""
+    def tensors(specs: Dict[str, str]) -> str:
+        return ", ".join(f"{key}: {spec}" for key, spec in specs.items())
+    method = signature.method_name.rsplit("/", 1)[-1]
+    suffix = "" if method == "predict" else f" ({method})"
+    return (f"{signature.name}({tensors(signature.inputs)}) -> "
+            f"{tensors(signature.outputs)}{suffix}")
+
+
 def format_signatures(signatures: List[SignatureInfo],
                       serving_default_of: Optional[str] = None) -> str:
     lines = []

@@ -147,7 +147,13 @@ def test_cli_export_and_describe(model, tmp_path, capsys):
     assert code == 0
     assert (out / "saved_model.pb").exists()
     printed = capsys.readouterr().out
-    assert "serving_default -> serve" in printed and "call_training (training mode)" in printed
+    # Each endpoint on one line, in describe's notation (not as Python dict reprs).
+    serve = f"serve(features: float32[?,3]) -> {models.OUTPUT_NAME}: float32[?,2]"
+    assert "serving_default -> serve" in printed
+    train = (f"call_training(features: float32[?,3]) -> {models.OUTPUT_NAME}: "
+             "float32[?,2] (training mode)")
+    assert f"\n  {serve}\n" in printed and f"\n  {train}\n" in printed
+    assert "{" not in printed
 
     assert cli.main(["describe", str(out), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
@@ -213,6 +219,39 @@ def test_console_script_is_installed(tmp_path):
                           timeout=300)
     assert proc.returncode == cli.EXIT_USER_ERROR
     assert "not a SavedModel directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_console_script_is_quiet_unless_verbose(model, tmp_path):
+    """No TensorFlow C++ start-up lines and no third-party FutureWarnings on a
+    successful run from a shell that set no TF_CPP_MIN_LOG_LEVEL; --verbose keeps them."""
+    exe = os.path.join(os.path.dirname(sys.executable), "export-archive")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    model.save(tmp_path / "model.keras")
+
+    def run(*args):
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=env,
+                              timeout=600)
+    export = run("export", "--model", str(tmp_path / "model.keras"), "--config",
+                 json.dumps(SERVE), "--output", str(tmp_path / "out"), "--check")
+    assert export.returncode == 0, export.stderr
+    assert export.stderr == ""
+    assert "serve(features: float32[?,3]) -> " in export.stdout
+    verbose = run("--verbose", "describe", str(tmp_path / "out"))
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stderr != ""   # TensorFlow's own start-up lines, at least
+    assert "signature 'serve' (tensorflow/serving/predict)" in verbose.stdout
+
+
+def test_signature_line_is_describe_notation(tmp_path):
+    from export_archive import describe
+    sig = describe.SignatureInfo(
+        name="classify_examples", method_name="tensorflow/serving/classify",
+        inputs={"examples": "string[?]"},
+        outputs={"classes": "string[?,2]", "scores": "float32[?,2]"})
+    assert describe.signature_line(sig) == (
+        "classify_examples(examples: string[?]) -> classes: string[?,2], "
+        "scores: float32[?,2] (classify)")
 
 
 @pytest.mark.parametrize("flavor", ["keras3", "tf_keras"])
