@@ -282,10 +282,46 @@ def run_requests(sess, meta_graph, logs, latency_runs):
     return out, responses
 
 
+def memory_status():
+    """This process's resident memory now (VmRSS) and its peak (VmHWM), in bytes,
+    from /proc/self/status; {} where there is no /proc (not Linux)."""
+    found = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024   # given in kB
+    except (OSError, ValueError, IndexError):
+        return {}
+    return found
+
+
+def reset_peak_memory():
+    """Restarts VmHWM from the current resident set (Linux >= 4.0); whether it did.
+    Then the peak measures what the check holds, not what came before (a TensorFlow
+    import's transient pages, or the pages a process forked from the CLI inherited)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
           op_libraries=()):
-    """Every contract check on `export_dir`; the results JSON goes to `out`."""
+    """Every contract check on `export_dir`; the results JSON goes to `out`.
+
+    Besides the results, the JSON holds `memory`: this process's resident bytes
+    before it read the SavedModel (`rss_before_load`), once the TF1 loader loaded it
+    (`rss_loaded`), and the peak since `rss_before_load` (`peak_rss`; since the
+    process started where `peak_reset` is false). What loading and serving the
+    model cost is `peak_rss - rss_before_load`."""
     results = []
+    peak_reset = reset_peak_memory()
+    before = memory_status()
+    loaded_rss = None
     meta_graph = read_meta_graph(export_dir)
     ops = check_ops(meta_graph, op_libraries)
     results.append(ops)
@@ -300,6 +336,7 @@ def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
             try:
                 loaded = tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], export_dir)
                 results.append(result("load", True, "TF1 loader, tag 'serve'"))
+                loaded_rss = memory_status().get("VmRSS")
             except Exception as e:  # pylint: disable=broad-except  # reported as a failure
                 loaded = None
                 results.append(result("load", False, f"{type(e).__name__}: {str(e)[:500]}"))
@@ -319,7 +356,11 @@ def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
                                              "export_archive"))
     # Written whole, then renamed: the exporter never reads a half-written result.
     with open(out + ".part", "w") as f:
-        json.dump({"results": results, "foreign_modules": foreign}, f)
+        json.dump({"results": results, "foreign_modules": foreign,
+                   "memory": {"rss_before_load": before.get("VmRSS"),
+                              "rss_loaded": loaded_rss,
+                              "peak_rss": memory_status().get("VmHWM"),
+                              "peak_reset": peak_reset}}, f)
     os.replace(out + ".part", out)
 
 
