@@ -46,7 +46,7 @@ def recommender(flavor, vocabulary, dim=DIM):
     keras = models.keras_module(flavor)
     item = keras.Input((1,), dtype="string", name="item")
     ids = keras.layers.StringLookup(vocabulary=vocabulary, name="item_id")(item)
-    # Random, not zeros: the served table must be the same as the model's (parity).
+    # Random, not zeros: parity would not notice a table that was never restored.
     vectors = keras.layers.Embedding(
         ROWS, dim, name="item_embedding",
         embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=1))(ids)
