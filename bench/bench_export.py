@@ -295,9 +295,11 @@ def worker_load(path):
         # Sanity: run serving_default once (not timed).
         sig = meta.signature_def["serving_default"]
         (in_key, in_info), = sig.inputs.items()
-        dim = in_info.tensor_shape.dim[-1].size
+        shape = [2] + [d.size for d in in_info.tensor_shape.dim[1:]]
+        sample = (np.full(shape, b"item_7", object) if in_info.dtype == tf.string.as_datatype_enum
+                  else np.zeros(shape, np.float32))   # bench_scale's models take strings
         out_names = {k: v.name for k, v in sig.outputs.items()}
-        result = sess.run(out_names, {in_info.name: np.zeros((2, dim), np.float32)})
+        result = sess.run(out_names, {in_info.name: sample})
         ok = all(np.all(np.isfinite(v)) for v in result.values())
         sess.close()
     return {"kind": "load", "path": path, "load_s": load_s, "rss_before": base,

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import string
+import sys
 from typing import Any, Dict, Iterator, Optional, Tuple, Type
 
 from export_archive.errors import _MISSING, InputError
@@ -110,10 +111,7 @@ received "loud". allowed: fail, warn. fix: use one of the allowed values.
 
     @functools.lru_cache(maxsize=None)
     def _validator(self, definition: Optional[str]):
-        # jsonschema is imported on first use, not with this module: where
-        # rfc3987-syntax is installed (the pinned lane) its import builds a grammar
-        # and takes seconds, and `import export_archive` must stay cheap.
-        import jsonschema
+        jsonschema = _import_jsonschema()
         schema = self.schema if definition is None else {
             "$defs": self.schema["$defs"], "$ref": f"#/$defs/{definition}"}
         return jsonschema.Draft202012Validator(schema)
@@ -298,3 +296,25 @@ def _speaker(error):
                    if not any(e.validator == "type" and not e.relative_path for e in b)]
         error = (fitting or ordered)[0][0]
     return error
+
+
+def _import_jsonschema():
+    """jsonschema, imported without rfc3987-syntax.
+
+    jsonschema imports rfc3987-syntax, where installed (it is in the pinned lane), to
+    check the "iri" formats, which no schema of ours uses; that import builds 38 Lark
+    grammars and takes 3-9 s, in every CLI process and check. jsonschema treats the
+    module as optional, so it is hidden for this import and put back afterwards.
+    Imported here, not with this module, so `import export_archive` stays cheap.
+    """
+    if "jsonschema" in sys.modules:
+        return sys.modules["jsonschema"]
+    hide = "rfc3987_syntax" not in sys.modules
+    if hide:
+        sys.modules["rfc3987_syntax"] = None   # `import` raises ImportError
+    try:
+        import jsonschema
+    finally:
+        if hide:
+            del sys.modules["rfc3987_syntax"]
+    return jsonschema

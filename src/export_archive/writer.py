@@ -15,7 +15,8 @@ import tensorflow as tf
 from absl import logging
 
 from export_archive import (archive, contract, contract_process, describe, endpoints,
-                            memory, publish, servable_outputs, tracking, user_requests)
+                            memory, publish, servable_outputs, tracking, user_requests,
+                            vocabularies)
 from export_archive.config import ConfigError, ExportConfig
 from export_archive.errors import InputError
 # The output errors live with the publish primitives (no TensorFlow there, so the CLI
@@ -190,76 +191,79 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     # model load, trace and write below (a no-op if the CLI started it already).
     run_check = contract_process.prestart_for(config, check)
     source = ModelSource.wrap(model, config)
-    built = build_archive(source, config, example_builder)
-    # Before anything is written: a check process (or Beam worker) the kernel kills
-    # half-way would leave the user an OOM instead of a reason.
-    try:
-        if run_check or preflight is not None:
-            weight_bytes = _variables_bytes(built)
-            if run_check:
-                memory.require_for_check(weight_bytes)
-            if preflight is not None:
-                preflight(weight_bytes)
-    except InputError:
-        contract_process.discard()   # the process started above has nothing to check
-        raise
-    options = tf.saved_model.SaveOptions(**config.save_options_dict)
-    serving_default = config.serving_default_name
-    method_names = dict(getattr(example_builder, "method_names", {}))
-    options_check = config.check_dict
-    reports, diffs, staged = [], [], []
-    options_contract = config.contract_dict
-
-    def write(path):
-        # verbose=False: the archive's stdout summary would interleave with the
-        # CLI's output; the endpoints are logged below and listed in the result.
+    # From tracing until written, the model's lookup vocabularies are asset files,
+    # not graph constants (vocabularies.py); the model is given back unchanged.
+    with vocabularies.as_assets(source.trackables()):
+        built = build_archive(source, config, example_builder)
+        # Before anything is written: a check process (or Beam worker) the kernel kills
+        # half-way would leave the user an OOM instead of a reason.
         try:
-            built.archive.write_out(path, options=options, verbose=False,
-                                    serving_default=serving_default,
-                                    method_names=method_names,
-                                    signature_functions=built.signature_functions)
-        except AssertionError as e:
-            # What `check_captures` could not attribute: the save's own refusal.
-            error = tracking.untracked_save_error(e, built.endpoint_names)
-            if error is None:
-                raise
-            raise error from None
-        except tf.errors.InvalidArgumentError as e:
-            device = config.save_options_dict.get("experimental_io_device")
-            if device is None or "device" not in str(e):
-                raise
-            raise ConfigError(
-                "save_options.experimental_io_device", "no such device on this machine "
-                f"({error_summary(e)})", device, "a device of this machine, e.g. "
-                '"/job:localhost" or "/job:localhost/device:CPU:0"',
-                "name a device this machine has, or omit the option") from None
-        # Nothing asked for is silently lost: each endpoint is a signature, each
-        # collection holds what its source holds, each asset read is in assets/.
-        tracking.verify_signatures(path, built.endpoint_names)
-        tracking.verify_collections(path, built.collection_sources)
-        tracking.verify_assets(path)
-        if baseline is not None:
-            # On the staging directory, like the check below: a break in mode "fail"
-            # raises before the rename, so the old model stays the served one. First,
-            # since a break needs no serving check to be refused.
-            diff = contract.compare(baseline, path, allow=options_contract.get("allow", ()))
-            diffs.append(diff)
-            if diff.breaking and options_contract.get("on_breaking", "fail") == "fail":
-                raise contract.BreakingChange(diff)
-        if run_check:
-            # On the staging directory: a failing export (mode "fail") is never renamed
-            # into place, so nothing half-checked can be pushed.
-            report = _serving_check(path, built, config, example_builder)
-            reports.append(report)
-            if not report.passed and options_check.get("mode", "fail") == "fail":
-                from export_archive.check import CheckFailed
-                raise CheckFailed(report)
-        # Described here, not after publishing: by then a concurrent --overwrite
-        # writer may have replaced it, and the result must describe this export.
-        staged.append(_result(path, source, config, built.variable_collections))
+            if run_check or preflight is not None:
+                weight_bytes = _variables_bytes(built)
+                if run_check:
+                    memory.require_for_check(weight_bytes)
+                if preflight is not None:
+                    preflight(weight_bytes)
+        except InputError:
+            contract_process.discard()   # the process started above has nothing to check
+            raise
+        options = tf.saved_model.SaveOptions(**config.save_options_dict)
+        serving_default = config.serving_default_name
+        method_names = dict(getattr(example_builder, "method_names", {}))
+        options_check = config.check_dict
+        reports, diffs, staged = [], [], []
+        options_contract = config.contract_dict
 
-    replaced = _write_atomically(output_dir, write, overwrite=overwrite, record=record,
-                                 variables_bytes=lambda: _variables_bytes(built))
+        def write(path):
+            # verbose=False: the archive's stdout summary would interleave with the
+            # CLI's output; the endpoints are logged below and listed in the result.
+            try:
+                built.archive.write_out(path, options=options, verbose=False,
+                                        serving_default=serving_default,
+                                        method_names=method_names,
+                                        signature_functions=built.signature_functions)
+            except AssertionError as e:
+                # What `check_captures` could not attribute: the save's own refusal.
+                error = tracking.untracked_save_error(e, built.endpoint_names)
+                if error is None:
+                    raise
+                raise error from None
+            except tf.errors.InvalidArgumentError as e:
+                device = config.save_options_dict.get("experimental_io_device")
+                if device is None or "device" not in str(e):
+                    raise
+                raise ConfigError(
+                    "save_options.experimental_io_device", "no such device on this machine "
+                    f"({error_summary(e)})", device, "a device of this machine, e.g. "
+                    '"/job:localhost" or "/job:localhost/device:CPU:0"',
+                    "name a device this machine has, or omit the option") from None
+            # Nothing asked for is silently lost: each endpoint is a signature, each
+            # collection holds what its source holds, each asset read is in assets/.
+            tracking.verify_signatures(path, built.endpoint_names)
+            tracking.verify_collections(path, built.collection_sources)
+            tracking.verify_assets(path)
+            if baseline is not None:
+                # On the staging directory, like the check below: a break in mode "fail"
+                # raises before the rename, so the old model stays the served one. First,
+                # since a break needs no serving check to be refused.
+                diff = contract.compare(baseline, path, allow=options_contract.get("allow", ()))
+                diffs.append(diff)
+                if diff.breaking and options_contract.get("on_breaking", "fail") == "fail":
+                    raise contract.BreakingChange(diff)
+            if run_check:
+                # On the staging directory: a failing export (mode "fail") is never renamed
+                # into place, so nothing half-checked can be pushed.
+                report = _serving_check(path, built, config, example_builder)
+                reports.append(report)
+                if not report.passed and options_check.get("mode", "fail") == "fail":
+                    from export_archive.check import CheckFailed
+                    raise CheckFailed(report)
+            # Described here, not after publishing: by then a concurrent --overwrite
+            # writer may have replaced it, and the result must describe this export.
+            staged.append(_result(path, source, config, built.variable_collections))
+
+        replaced = _write_atomically(output_dir, write, overwrite=overwrite, record=record,
+                                     variables_bytes=lambda: _variables_bytes(built))
     logging.info("Exported %s model to %s with endpoints %s (serving_default=%s)",
                  source.flavor, output_dir, [e.name for e in config.endpoints], serving_default)
     result = staged[0]
