@@ -198,13 +198,28 @@ def worker_profile(flavor, model_path, out):
     writer.build_archive = marked("trace", writer.build_archive)
     archive_module._ArchiveBase.write_out = marked("write", archive_module._ArchiveBase.write_out)
     writer._serving_check = marked("check", writer._serving_check)
+    from export_archive import vocabularies
+    vocabularies._file_backed = marked("vocabulary", vocabularies._file_backed)
+    if flavor == "keras3":   # inside "load": Keras reading the weights into the built model
+        from keras.src.saving import saving_lib
+        saving_lib._load_state = marked("load_weights", saving_lib._load_state)
+    from export_archive import check
+    contract_memory = []
+    run_contract = check.run_contract
+
+    def recording(*args, **kwargs):
+        contract = run_contract(*args, **kwargs)
+        contract_memory.append(contract.get("memory"))   # the check process's own figures
+        return contract
+    check.run_contract = recording
+    baseline = me.memory_info().rss        # TensorFlow and the package imported
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     export_archive.export(model_path, {"endpoints": [{"name": "serve"}]}, out, check=True)
     stop.set()
     thread.join()
     phases = {}
-    for name in ("load", "trace", "write", "check"):
+    for name in ("load", "load_weights", "vocabulary", "trace", "write", "check"):
         start = next((t for n, e, t in marks if n == name and e == "start"), None)
         end = next((t for n, e, t in reversed(marks) if n == name and e == "end"), None)
         if start is None or end is None:
@@ -218,7 +233,10 @@ def worker_profile(flavor, model_path, out):
             "children_rss_peak": max(s[2] for s in inside),
             "tree_rss_peak": max(s[1] + s[2] for s in inside),
         }
-    emit({"phases": phases, "tree_rss_peak": max(s[1] + s[2] for s in samples),
+    emit({"phases": phases, "main_baseline": baseline,
+          "check_process": contract_memory[0] if contract_memory else None,
+          "tree_rss_peak": max(s[1] + s[2] for s in samples),
+          "tree_peak_at_s": max(samples, key=lambda s: s[1] + s[2])[0],
           "main_rss_peak": max(s[1] for s in samples),
           "children_rss_peak": max(s[2] for s in samples), "flavor": flavor})
 
@@ -463,6 +481,14 @@ def analyse(results):
                                         if load and ref_load else None)
 
 
+def weights_read(phases, base, w):
+    d = phases.get("load_weights")
+    if not d:
+        return "—"
+    return (f"{(d['main_rss_start'] - base) / w:.2f}× → {(d['main_rss_end'] - base) / w:.2f}× "
+            f"({(d['main_rss_peak'] - base) / w:.2f}×)")
+
+
 def render(results):
     lines = ["## Big models: export, check and load at 0.25–8 GiB of weights", ""]
     env = results["env"]
@@ -473,7 +499,10 @@ def render(results):
         f"{env['versions']}. Disk write bandwidth (1 GiB, fsync) in the same run: "
         f"{results['write_bandwidth'] / MIB:,.0f} MiB/s. Memory budget for a process tree: "
         f"{fmt_bytes(results['budget'])} (a tree passing it is killed and recorded as out of "
-        "memory). Page cache dropped before each cold load: "
+        "memory). " + "".join(
+            f"Sizes added by a second run at {r['date']}: write bandwidth "
+            f"{r['write_bandwidth'] / MIB:,.0f} MiB/s, budget {fmt_bytes(r['budget'])}. "
+            for r in results.get("later_runs", [])) + "Page cache dropped before each cold load: "
         f"{'yes' if results['cold_cache'] else 'no (not permitted here)'}.", "",
         f"**Model.** A string `item` input, `StringLookup` over {VOCAB:,} tokens, "
         f"`Embedding(rows, {DIM})` (zeros), `Dense({TOWER}, relu)`, `Dense(1)`. Keras 3 is "
@@ -530,21 +559,33 @@ def render(results):
         lines += ["", "### Memory profile: which step and which process hold the memory", ""]
         for flavor, prof in results["profile"].items():
             w = prof.get("weight_bytes")
-            lines.append(f"`export_archive.export(model.{'keras' if flavor == 'keras3' else 'SavedModel'}"
-                         f", check=True)`, {flavor}, {fmt_bytes(w)} of weights; RSS ÷ weights "
-                         "at each phase (main process / check process / tree):")
-            lines += ["", "| run | load end | trace end | write end | check peak main | "
-                      "check peak check-process | tree peak |", "|---|---:|---:|---:|---:|---:|---:|"]
+            lines.append(f"`export_archive.export(<{'.keras' if flavor == 'keras3' else 'SavedModel'}"
+                         f" path>, check=True)`, {flavor}, {fmt_bytes(w)} of weights. Growth of "
+                         "RSS ÷ weights: the main process above its RSS once TensorFlow and the "
+                         "package are imported, at the end (and peak) of each phase; the check "
+                         "process above its own RSS before it reads the SavedModel (as it "
+                         "reports it).")
+            lines += ["", "| run | load end (peak) | trace end (peak) | write end (peak) | check: "
+                      "main peak | check process: loaded (peak) | tree peak ÷ weights | Keras 3 "
+                      "load: before reading weights → after (peak) |",
+                      "|---|---:|---:|---:|---:|---:|---:|---|"]
             for name, run in prof["runs"].items():
                 p = run.get("payload") or {}
-                ph = p.get("phases", {})
+                ph, base = p.get("phases", {}), p.get("main_baseline") or 0
 
-                def r(phase, key):
-                    return fmt_ratio(ratio(ph.get(phase, {}).get(key), w))
-                lines.append(f"| {name} ({run['outcome']}) | {r('load', 'main_rss_end')} | "
-                             f"{r('trace', 'main_rss_end')} | {r('write', 'main_rss_end')} | "
-                             f"{r('check', 'main_rss_peak')} | {r('check', 'children_rss_peak')} | "
-                             f"{fmt_ratio(ratio(run['tree_rss_peak'], w))} |")
+                def r(phase, key="main_rss_end", peak="main_rss_peak"):
+                    d = ph.get(phase)
+                    if not d:
+                        return "—"
+                    return (f"{(d[key] - base) / w:.2f}× ({(d[peak] - base) / w:.2f}×)"
+                            if peak else f"{(d[key] - base) / w:.2f}×")
+                cp = p.get("check_process") or {}
+                served = (f"{(cp['rss_loaded'] - cp['rss_before_load']) / w:.2f}× "
+                          f"({(cp['peak_rss'] - cp['rss_before_load']) / w:.2f}×)"
+                          if cp.get("rss_loaded") else "—")
+                lines.append(f"| {name} ({run['outcome']}) | {r('load')} | {r('trace')} | "
+                             f"{r('write')} | {r('check', 'main_rss_peak', None)} | {served} | "
+                             f"{fmt_ratio(ratio(run['tree_rss_peak'], w))} | {weights_read(ph, base, w)} |")
             lines.append("")
     if results.get("pipeline"):
         p = results["pipeline"]
@@ -595,8 +636,12 @@ def main(argv=None):
                    help="kill a process tree past this RSS (default: available − 1.5 GiB)")
     p.add_argument("--pipeline-gib", type=float, default=1.0, help="0: no pipeline run")
     p.add_argument("--profile-gib", type=float, default=1.0, help="0: no memory profile")
+    p.add_argument("--profile-flavors", default=None, help="default: --flavors")
     p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     p.add_argument("--json", default=os.path.join(HERE, "results_scale.json"))
+    p.add_argument("--append", action="store_true",
+                   help="add to the results in --json (e.g. the big sizes in a second run) "
+                        "instead of starting anew; the reference rows are reused")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -619,25 +664,45 @@ def main(argv=None):
     budget = int(args.budget_gib * GIB) if args.budget_gib else int(env["mem_available"] - 1.5 * GIB)
     sizes = [float(s) for s in args.sizes.split(",") if s]   # "": only profile / pipeline
     flavors = args.flavors.split(",")
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "env": env, "budget": budget, "cold_cache": drop_page_cache(),
-               "write_bandwidth": write_bandwidth(args.work), "tiny": [], "rows": []}
-    log(f"write bandwidth {results['write_bandwidth'] / MIB:.0f} MiB/s, budget {fmt_bytes(budget)}")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    run = {"date": now, "env": env, "budget": budget, "cold_cache": drop_page_cache(),
+           "write_bandwidth": write_bandwidth(args.work)}
+    log(f"write bandwidth {run['write_bandwidth'] / MIB:.0f} MiB/s, budget {fmt_bytes(budget)}")
+    if args.append and os.path.exists(args.json):
+        with open(args.json) as f:
+            results = json.load(f)
+        results.setdefault("later_runs", []).append(run)
+        started -= results.get("total_min", 0) * 60
+    else:
+        results = {**run, "tiny": [], "rows": []}
+
+    def save():
+        # After every step, so a run cut short still leaves what it measured.
+        results["total_min"] = (time.perf_counter() - started) / 60
+        analyse(results)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        replace_section(args.out, render(results))
+
+    have_reference = {r["flavor"] for r in results["tiny"]}
     for flavor in flavors if sizes else ():
-        results["tiny"].append(measure_size(flavor, 0, args.work, budget, False))
+        if flavor not in have_reference:
+            results["tiny"].append(measure_size(flavor, 0, args.work, budget, False))
+    # The profile and the pipeline first: they say where the memory goes.
+    if args.profile_gib:
+        results.setdefault("profile", {})
+        for flavor in (args.profile_flavors or args.flavors).split(","):
+            results["profile"][flavor] = profile(flavor, args.profile_gib, args.work, budget)
+            save()
+    if args.pipeline_gib:
+        results["pipeline"] = pipeline(args.pipeline_gib, args.work, budget)
+        save()
     for gib in sizes:
         for flavor in flavors:
             results["rows"].append(measure_size(flavor, gib, args.work, budget,
-                                                results["cold_cache"]))
-    if args.profile_gib:
-        results["profile"] = {f: profile(f, args.profile_gib, args.work, budget) for f in flavors}
-    if args.pipeline_gib:
-        results["pipeline"] = pipeline(args.pipeline_gib, args.work, budget)
-    results["total_min"] = (time.perf_counter() - started) / 60
-    analyse(results)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
-    replace_section(args.out, render(results))
+                                                run["cold_cache"]))
+            save()
+    save()
     log(f"done in {results['total_min']:.1f} min: {args.json}, {args.out}")
     return 0
 

@@ -1,7 +1,8 @@
 """Big models at small scale (issue 24): ~300 MB of weights, each held once.
 
 A recommender-shaped model (a string `item` looked up by `StringLookup` in a
-vocabulary file of 300k tokens, as TF Transform writes one; a 146 MiB `Embedding`
+vocabulary of 300k tokens: a file, as TF Transform writes one, in Keras 3; a list
+of tokens, as a `.keras` file restores it, in tf_keras; a 146 MiB `Embedding`
 table; a small Dense tower), in Keras 3 and in tf_keras, exported with the serving
 check on. What must not grow with the model is checked on that one export per
 flavour:
@@ -42,7 +43,7 @@ CHECK_MEMORY_FACTOR = 1.3       # of the weights, over the small model's growth
 
 
 def recommender(flavor, vocabulary, dim=DIM):
-    """item (string) -> StringLookup(vocabulary file) -> Embedding(ROWS, dim) -> Dense tower."""
+    """item (string) -> StringLookup(vocabulary) -> Embedding(ROWS, dim) -> Dense tower."""
     keras = models.keras_module(flavor)
     item = keras.Input((1,), dtype="string", name="item")
     ids = keras.layers.StringLookup(vocabulary=vocabulary, name="item_id")(item)
@@ -89,11 +90,19 @@ def vocabulary_file(tmp_path_factory):
     return str(path)
 
 
+def tokens(vocabulary_file):
+    with open(vocabulary_file) as f:
+        return f.read().splitlines()
+
+
 @pytest.fixture(scope="module", params=FLAVORS)
 def exported(request, vocabulary_file, tmp_path_factory):
     """The big model of one flavour, exported with the check; the model itself is
     dropped (only one flavour's table is in this process at a time)."""
-    model = recommender(request.param, vocabulary_file)
+    # Keras 3 reads a vocabulary file, as TF Transform writes one; tf_keras is given the
+    # tokens as a list, as a .keras file restores them (vocabularies.py makes it a file).
+    vocabulary = vocabulary_file if request.param == "keras3" else tokens(vocabulary_file)
+    model = recommender(request.param, vocabulary)
     summary = export_checked(model, str(tmp_path_factory.mktemp(request.param) / "m"))
     del model
     gc.collect()
