@@ -119,6 +119,12 @@ def worker_make(flavor, gib, path):
     if flavor == "tf_keras":
         model.save(path, save_format="tf")
     else:
+        # Keras writes model.weights.h5 into an in-memory buffer when the weights are under
+        # half the free memory, and copies it once more into the zip: 3x the weights,
+        # which at 8 GiB kills the bench before it measures anything. Its own temp-file
+        # path writes the same .keras file; the save is not what is measured.
+        from keras.src.saving import saving_lib
+        saving_lib.is_memory_sufficient = lambda model: False
         model.save(path)
     emit({"weight_bytes": weight_bytes, "rows": rows, "dim": dim, "vocab": VOCAB,
           "n_weights": len(model.weights), "save_s": time.perf_counter() - t0,
