@@ -21,6 +21,9 @@ import time
 import warnings
 from typing import Callable, Dict, IO, List, Optional, Sequence, Tuple
 
+# The third-party noise the quiet main job hides is what the CLI hides (see there).
+from export_archive.cli import NOISY_WARNING_CATEGORIES, NOISY_WARNING_MODULES
+
 NAME_WIDTH = 22
 
 # The messages TFX's LocalDagRunner and its Launcher log (absl logging) around each
@@ -32,17 +35,6 @@ RUNNING_MSG = "Component %s is running."
 FINISHED_MSG = "Component %s is finished."
 CACHED_MSG = "A cached execution %d is used."
 SKIPPED_MSGS = ("Skipping execution for %s", "Skipping component %s.")
-
-# Third-party noise the quiet main job hides: deprecation notices that TFX, Beam,
-# TFMA, TensorFlow, Keras and the Google client libraries raise about their own
-# internals or their dependencies' versions. Only these categories and only from
-# these packages: a UserWarning, or any warning from the user's or our own code,
-# still reaches the log. --verbose installs none of this.
-NOISY_WARNING_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
-NOISY_WARNING_MODULES = (r"(apache_beam|tfx|tfx_bsl|tensorflow|tensorflow_transform|"
-                         r"tensorflow_model_analysis|tensorflow_data_validation|keras|tf_keras|"
-                         r"google|proto|pkg_resources|setuptools|pyarrow|numpy)(\..*)?$")
-
 
 def format_seconds(seconds: float) -> str:
     if seconds < 60:
