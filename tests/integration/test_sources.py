@@ -222,3 +222,63 @@ def test_tf_keras_sequential_without_input_needs_signature(tmp_path):
     cfg = {"endpoints": [{"name": "serve", "input_signature": ["float32[?,3]"]}]}
     export_archive.export(model, cfg, tmp_path / "out")
     roundtrip(tmp_path / "out", lambda x: model(x))
+
+
+class _FailingReader:
+    """A checkpoint reader whose tensors fail to read back with `error`."""
+
+    def __init__(self, reader, error):
+        self.reader, self.error = reader, error
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def get_tensor(self, name):
+        raise self.error
+
+
+def _corrupt_data(export_dir):
+    (data,) = [n for n in os.listdir(export_dir / "variables") if n.startswith("variables.data")]
+    path = export_dir / "variables" / data
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF   # in the last weight (the object graph sorts first); same length,
+    # so only the checksum can tell
+    path.write_bytes(bytes(raw))
+
+
+def test_variables_that_fail_for_want_of_memory_are_not_called_corrupt(tmp_path, monkeypatch):
+    from export_archive import sources
+    save_module(tmp_path / "m")
+    load = tf.train.load_checkpoint
+    out_of_memory = tf.errors.InternalError(
+        None, None, "variables.data-00000-of-00001; Bad address")
+    monkeypatch.setattr(tf.train, "load_checkpoint",
+                        lambda prefix: _FailingReader(load(prefix), out_of_memory))
+    with pytest.raises(SourceError) as excinfo:
+        sources.check_saved_model_variables(str(tmp_path / "m"))
+    message = str(excinfo.value)
+    assert "ran out of memory" in message and "more free memory" in message
+    assert "corrupt" not in message
+
+    # A real checksum failure is still corruption.
+    monkeypatch.setattr(tf.train, "load_checkpoint", load)
+    _corrupt_data(tmp_path / "m")
+    with pytest.raises(SourceError, match="variables are corrupt"):
+        sources.check_saved_model_variables(str(tmp_path / "m"))
+
+
+def test_variables_bigger_than_half_the_free_memory_are_not_read_back(tmp_path, monkeypatch):
+    """Reading one back needs its size again: with too little free, it is left to the
+    loader's own checksum check instead of failing (or being killed) here."""
+    from export_archive import memory, sources
+    save_module(tmp_path / "m")
+    load = tf.train.load_checkpoint
+    corrupt = tf.errors.DataLossError(None, None, "Checksum does not match")
+    monkeypatch.setattr(tf.train, "load_checkpoint",
+                        lambda prefix: _FailingReader(load(prefix), corrupt))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8)   # less than any weight
+    with pytest.raises(SourceError, match="_CHECKPOINTABLE_OBJECT_GRAPH"):
+        sources.check_saved_model_variables(str(tmp_path / "m"))   # only that is read
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)   # unknown: all are read
+    with pytest.raises(SourceError, match="variables are corrupt: the variable '(?!_CHECK)"):
+        sources.check_saved_model_variables(str(tmp_path / "m"))
