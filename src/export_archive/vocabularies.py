@@ -89,10 +89,14 @@ def _consecutive(values: np.ndarray) -> bool:
 
 
 def _file_backed(table: Any, path: str, layer_name: str) -> Optional[Any]:
+    # Keras's lookups map tokens (strings or int64) to int64 indices, or back.
+    if not {table.key_dtype, table.value_dtype} <= {tf.string, tf.int64} or \
+            tf.int64 not in (table.key_dtype, table.value_dtype):
+        return None
     keys, values = (t.numpy() for t in table.export())
-    if _consecutive(values):        # token -> index (StringLookup, IntegerLookup)
+    if table.value_dtype == tf.int64 and _consecutive(values):   # token -> index
         tokens, indices, key_index, value_index = keys, values, WHOLE_LINE, LINE_NUMBER
-    elif _consecutive(keys):        # index -> token (invert=True)
+    elif table.key_dtype == tf.int64 and _consecutive(keys):      # index -> token (invert)
         tokens, indices, key_index, value_index = values, keys, LINE_NUMBER, WHOLE_LINE
     else:
         return _kept(layer_name, "its indices are not consecutive")
