@@ -5,8 +5,8 @@ vocabulary as a list, and any such layer of a model loaded from `.keras`, builds
 table from a `KeyValueTensorInitializer`: the tokens are a tensor, so a SavedModel
 stores them as a `Const` node in `saved_model.pb`. A vocabulary of a million tokens
 adds ~20 MB to the graph, pushes a large recommender towards the protobuf's 2 GiB
-limit, and costs every TF Serving load about 1 GiB of memory (the parsed graph, the
-constant tensor and the table). TF Transform's vocabularies are files read by a
+limit, and costs every TF Serving load 1.3-2 GiB more memory than the same tokens in
+a file (the parsed graph, the constant tensor and the table; bench/bench_scale.py). TF Transform's vocabularies are files read by a
 `TextFileInitializer`, which TF saves as an asset under `assets/`; this module gives
 the model's own vocabularies the same form for the duration of an export.
 
