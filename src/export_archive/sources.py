@@ -632,17 +632,18 @@ def check_saved_model_variables(path: str) -> None:
                           "a complete SavedModel (variables.index and every "
                           "variables.data-* shard)", _RESAVE[SAVED_MODEL]) from None
     size = sum(tf.io.gfile.stat(s).length for s in shards)
-    needed = sum(int(np.prod(shapes[name], dtype=np.int64)) * dtype.size
-                 for name, dtype in dtypes.items() if dtype != tf.string)
+    # Bytes of each tensor (a string's size is 0: its length is in the data, not the index).
+    nbytes = {name: int(np.prod(shapes[name], dtype=np.int64)) * dtype.size
+              for name, dtype in dtypes.items()}
+    needed = sum(nbytes.values())
     if size < needed:
         raise SourceError(damaged, f"its variables are truncated: {size} bytes of data "
                           f"where variables.index lists at least {needed}", f"{size} bytes",
                           "a complete SavedModel (variables.index and every "
                           "variables.data-* shard)", _RESAVE[SAVED_MODEL])
     free = memory.available_bytes()
-    for name, dtype in dtypes.items():
-        nbytes = int(np.prod(shapes[name], dtype=np.int64)) * dtype.size
-        if free is not None and nbytes > free // 2:
+    for name in dtypes:
+        if free is not None and nbytes[name] > free // 2:
             # Reading it back needs its size in memory once more: on a machine that
             # holds the model with little to spare, that fails (or the kernel kills
             # us) though the file is sound. The loader checks its checksum anyway.
@@ -652,7 +653,7 @@ def check_saved_model_variables(path: str) -> None:
         except (tf.errors.OpError, ValueError, IndexError, RuntimeError, MemoryError) as e:
             if _out_of_memory(e):
                 raise SourceError(
-                    damaged, f"the variable {name!r} ({memory.format_bytes(nbytes)}) could "
+                    damaged, f"the variable {name!r} ({memory.format_bytes(nbytes[name])}) could "
                     "not be read back: the machine ran out of memory "
                     f"({type(e).__name__}: {error_summary(e)}); the file may well be sound",
                     allowed="a machine with free memory for the model and one more copy "
