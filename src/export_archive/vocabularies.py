@@ -93,7 +93,8 @@ def _file_backed(table: Any, path: str, layer_name: str) -> Optional[Any]:
     if not {table.key_dtype, table.value_dtype} <= {tf.string, tf.int64} or \
             tf.int64 not in (table.key_dtype, table.value_dtype):
         return None
-    keys, values = (t.numpy() for t in table.export())
+    key_tensor, value_tensor = table.export()
+    keys, values = key_tensor.numpy(), value_tensor.numpy()
     if table.value_dtype == tf.int64 and _consecutive(values):   # token -> index
         tokens, indices, key_index, value_index = keys, values, WHOLE_LINE, LINE_NUMBER
     elif table.key_dtype == tf.int64 and _consecutive(keys):      # index -> token (invert)
@@ -111,7 +112,7 @@ def _file_backed(table: Any, path: str, layer_name: str) -> Optional[Any]:
                 path, table.key_dtype, key_index, table.value_dtype, value_index,
                 vocab_size=len(lines), value_index_offset=int(indices.min())),
             table.default_value)
-        same = bool(tf.reduce_all(tf.equal(file_table.lookup(tf.constant(keys)), values)))
+        same = bool(tf.reduce_all(tf.equal(file_table.lookup(key_tensor), value_tensor)))
     if not same:
         return _kept(layer_name, "the file-backed table does not map every key the same")
     return file_table
