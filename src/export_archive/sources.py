@@ -22,21 +22,17 @@ import numpy as np
 import tensorflow as tf
 
 from export_archive import memory
-from export_archive.config import ConfigError, ExportConfig, InputError, VariableCollectionConfig
+from export_archive.config import ExportConfig, VariableCollectionConfig
+from export_archive.errors import ConfigError, InputError
+# The SavedModel readers and the model's error are one layer down, in saved_model_io
+# (which the serving check's process imports too); re-exported here for callers.
+from export_archive.saved_model_io import (  # noqa: F401  (re-exported)
+    RESAVE_SAVED_MODEL, SourceError, check_saved_model_proto, error_summary,
+    find_serve_meta_graph, listdir as _listdir, unreadable as _unreadable)
 
 KERAS3, TF_KERAS, SAVED_MODEL = "keras3", "tf_keras", "saved_model"
 KERAS_FILE_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
-
-
-class SourceError(InputError):
-    """The model (or what it was asked for) cannot be used as configured.
-
-    `.where` is the model's path (or ``<in-memory>``); the message says what is
-    wrong with it, what was found, what a loader accepts and how to fix it.
-    """
-
-    subject = "model"
 
 
 def _is_keras3(obj: Any) -> bool:
@@ -442,42 +438,13 @@ def find_model_file(path: str) -> str:
                       "its model to (Format-Serving/), or the model file")
 
 
-def _listdir(path: str) -> List[str]:
-    try:
-        return tf.io.gfile.listdir(path)
-    except (tf.errors.OpError, OSError) as e:
-        raise _unreadable(path, e) from None
-
-
-def _unreadable(path: str, error: BaseException) -> SourceError:
-    reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
-    return SourceError(path, f"cannot be read ({error_summary(reason)})",
-                       fix="make it readable by the user running the export (e.g. chmod "
-                           "a+r, or run as its owner)")
-
-
-def error_summary(error: Any) -> str:
-    """The informative first line of an error message, without Keras's and
-    autograph's wrapping ("Exception encountered when calling ...", "in user
-    code:", stack lines) or terminal colour codes, at most 300 characters."""
-    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-    if lines and lines[0].startswith("in user code"):
-        lines = lines[-1:]   # autograph: the stack first, the error last
-    lines = [l for l in lines if not l.startswith(("Exception encountered", "File ",
-                                                   "Arguments received", "•"))] or lines
-    text = lines[0] if lines else type(error).__name__
-    text = text.replace("\x1b[1m", "").replace("\x1b[0m", "")
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 # How to get a good copy of each format, for the `fix` of a corrupt file.
 _RESAVE = {
     KERAS3: "re-save the model with model.save(\"model.keras\") under Keras 3, or copy "
             "it again if a transfer was cut short",
     TF_KERAS: "re-save the model with model.save(\"model.h5\") under tf_keras (Keras 2), "
               "or copy it again if a transfer was cut short",
-    SAVED_MODEL: "re-export the SavedModel (tf.saved_model.save / model.export), or copy "
-                 "the whole directory again if a transfer was cut short",
+    SAVED_MODEL: RESAVE_SAVED_MODEL,
 }
 
 
@@ -541,62 +508,13 @@ def _check_saved_model_dir(path: str) -> None:
     check_saved_model_assets(path, check_saved_model_proto(path))
 
 
-def check_saved_model_proto(path: str):
-    """Reads `path`/saved_model.pb, or raises `SourceError` saying what is wrong
-    with it. Used by `describe`, `check` and `diff` before they read it too."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
-    if not tf.io.gfile.exists(path):
-        raise SourceError(path, "does not exist", allowed="a SavedModel directory (or a TFX "
-                          "Model artifact directory)", fix="check the path")
-    if not tf.io.gfile.isdir(path):
-        raise SourceError(path, "is a file, not a SavedModel directory",
-                          allowed="a directory holding saved_model.pb and variables/",
-                          fix="give the directory that holds saved_model.pb")
-    pb = os.path.join(path, "saved_model.pb")
-    if not tf.io.gfile.exists(pb):
-        if tf.io.gfile.exists(os.path.join(path, "saved_model.pbtxt")):
-            return None   # text format: rare, and the loader reads it
-        raise SourceError(path, "is not a SavedModel directory: saved_model.pb is missing",
-                          ", ".join(sorted(_listdir(path))[:20]) or "(empty directory)",
-                          "a directory holding saved_model.pb and variables/",
-                          "give the SavedModel directory itself (for a TFX Model "
-                          "artifact, its root or Format-Serving/)")
-    try:
-        with tf.io.gfile.GFile(pb, "rb") as f:
-            data = f.read()
-    except (tf.errors.OpError, OSError) as e:
-        raise _unreadable(pb, e) from None
-    if not data:
-        raise SourceError(pb, "is empty (0 bytes)", allowed="a SavedModel proto",
-                          fix=_RESAVE[SAVED_MODEL])
-    proto = saved_model_pb2.SavedModel()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise SourceError(pb, f"is corrupt or truncated: it does not parse as a SavedModel "
-                          f"proto ({error_summary(e)})", f"{len(data)} bytes",
-                          "a complete saved_model.pb", _RESAVE[SAVED_MODEL]) from None
-    if not proto.meta_graphs:
-        raise SourceError(pb, "holds no MetaGraph (it parses, but is not a SavedModel "
-                          "written by TensorFlow, or is truncated)", f"{len(data)} bytes",
-                          "a SavedModel with a MetaGraph tagged `serve`",
-                          _RESAVE[SAVED_MODEL])
-    return proto
-
-
 def missing_assets(path: str, proto=None) -> List[str]:
     """The assets the SavedModel's `serve` graph reads that are not in its assets/."""
     if proto is None:
         proto = check_saved_model_proto(path)
-    missing = []
-    for meta_graph in (proto.meta_graphs if proto is not None else []):
-        if "serve" not in meta_graph.meta_info_def.tags:
-            continue
-        for asset in meta_graph.asset_file_def:
-            if not tf.io.gfile.exists(os.path.join(path, "assets", asset.filename)):
-                missing.append(asset.filename)
-    return missing
+    meta_graph = find_serve_meta_graph(proto)
+    return [asset.filename for asset in (meta_graph.asset_file_def if meta_graph else ())
+            if not tf.io.gfile.exists(os.path.join(path, "assets", asset.filename))]
 
 
 def check_saved_model_assets(path: str, proto=None) -> None:
