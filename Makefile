@@ -10,6 +10,9 @@ MARKERS := unit or integration or e2e or serving or faults
 CURRENT_WARNINGS := -W "error::DeprecationWarning:export_archive" \
 	-W "error::PendingDeprecationWarning:export_archive"
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The slowest tests of each lane, at the end of its output (CI logs): where the
+# suite's wall time goes.
+DURATIONS := --durations=30
 
 .PHONY: setup setup-current run test test-pinned test-current test-unit test-integration test-e2e test-faults bench clean
 
@@ -37,11 +40,11 @@ test: setup setup-current
 
 ## The pinned TFX lane: Python 3.10, TFX 1.16, TF 2.16 (constraints.txt).
 test-pinned: setup
-	$(PY) -m pytest -m "$(MARKERS)" -q
+	$(PY) -m pytest -m "$(MARKERS)" -q $(DURATIONS)
 
 ## The current lane: Python 3.12, TF 2.21, Keras 3.15, TFT 1.21 (constraints-current.txt).
 test-current: setup-current
-	$(PYC) -m pytest -m "$(MARKERS)" -q $(CURRENT_WARNINGS)
+	$(PYC) -m pytest -m "$(MARKERS)" -q $(CURRENT_WARNINGS) $(DURATIONS)
 
 test-unit: setup
 	$(PY) -m pytest -m unit -q
