@@ -17,10 +17,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf.message import DecodeError
+from tensorflow_serving.apis import prediction_log_pb2
 
-from export_archive import contract_process, describe, runtimes
-from export_archive.constants import WARMUP_FILE
+from export_archive import contract_process, describe, runtimes, user_requests
+from export_archive.constants import DEFAULT_SIGNATURE, WARMUP_FILE
+from export_archive.examples import read_records
+from export_archive.rows import CheckRow, TimedRun, failure_line, failures, from_contract_json
+from export_archive.saved_model_io import (copy_prediction_log, read_prediction_logs,
+                                           request_of, signature_name, write_prediction_logs)
+from export_archive.specs import TensorSpec
 
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-5, 1e-5
 SMALL_BATCH, LARGE_BATCH = 1, 64
@@ -34,21 +39,16 @@ class CheckFailed(RuntimeError):
         super().__init__("The serving check failed:\n" + report.format_failures())
 
 
-def failure_line(row: Dict[str, Any]) -> str:
-    """One check row as the report, the CLI and the components' property show it."""
-    return f"{row['endpoint'] or '(model)'}: {row['check']}: {row['detail']}"
-
-
 @dataclasses.dataclass
 class CheckReport:
-    results: List[Dict[str, Any]]
+    results: List[CheckRow]
 
     @property
     def passed(self) -> bool:
-        return all(r["passed"] for r in self.results)
+        return all(r.passed for r in self.results)
 
-    def failures(self) -> List[Dict[str, Any]]:
-        return [r for r in self.results if not r["passed"]]
+    def failures(self) -> List[CheckRow]:
+        return failures(self.results)
 
     def format_failures(self) -> str:
         return "\n".join(f"  - {failure_line(r)}" for r in self.failures())
@@ -58,24 +58,25 @@ class CheckReport:
         failed = len(self.failures())
         lines = [f"serving check: {'PASSED' if self.passed else 'FAILED'} "
                  f"({len(self.results)} checks, {failed} failed)"]
-        lines += [f"{'PASS' if r['passed'] else 'FAIL'} {r['check']:<16} "
-                  f"{r['endpoint'] or '-':<20} {r['detail']}" for r in self.results]
+        lines += [f"{'PASS' if r.passed else 'FAIL'} {r.check:<16} "
+                  f"{r.endpoint or '-':<20} {r.detail}" for r in self.results]
         lines.append("serving check " + ("passed" if self.passed else "FAILED"))
         return "\n".join(lines)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"passed": self.passed, "results": self.results}
+        return {"passed": self.passed, "results": [r.to_json() for r in self.results]}
 
 
 # ---- requests: one per endpoint, synthesized or from examples
 
 
 def _synthesize(info_text: str, batch: int, rng) -> np.ndarray:
-    dtype, dims = info_text.split("[", 1)
-    dims = dims.rstrip("]")
-    shape = [] if not dims else [
-        (batch if i == 0 else 1) if d in ("?", "*") else int(d)
-        for i, d in enumerate(dims.split(","))]
+    spec = TensorSpec.from_text(info_text)
+    dtype = spec.dtype
+    # An unknown rank gets a batch of scalars; an unknown size is the batch (first
+    # dim) or 1.
+    shape = [batch] if spec.shape is None else [
+        (batch if i == 0 else 1) if d is None else d for i, d in enumerate(spec.shape)]
     if dtype == "string":
         return np.full(shape, b"", dtype=object)
     if dtype == "bool":
@@ -86,31 +87,11 @@ def _synthesize(info_text: str, batch: int, rng) -> np.ndarray:
     return np.zeros(shape, dtype=np_dtype)  # ids/indices: 0 is always in range
 
 
-def synthesize_examples(feature_spec: Dict[str, Any], batch: int, rng) -> List[bytes]:
-    """Serialized tf.Examples with a value of the right type for every feature."""
-    out = []
-    for _ in range(batch):
-        feature = {}
-        for name, spec in feature_spec.items():
-            size = int(np.prod(spec.shape)) if getattr(spec, "shape", None) else 1
-            if spec.dtype == tf.string:
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a"] * size))
-            elif spec.dtype.is_floating:
-                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
-                    value=rng.normal(size=size).tolist()))
-            else:
-                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[0] * size))
-        out.append(tf.train.Example(features=tf.train.Features(feature=feature))
-                   .SerializeToString())
-    return out
-
-
 def build_requests(export_dir: str,
                    example_source: Optional[Callable[[int], List[bytes]]],
                    batch: int, seed: int = 0):
     """One PredictionLog per signature: Predict, or Classify/Regress for signatures
     with those method names (their input is tf.Examples from `example_source`)."""
-    from tensorflow_serving.apis import prediction_log_pb2
     rng = np.random.default_rng(seed)
     logs = []
     for sig in describe.describe(export_dir):
@@ -153,18 +134,18 @@ def features_from_examples(inputs: Dict[str, str], records: List[bytes]
         return None
     spec = {}
     for key, text in inputs.items():
-        dtype, dims = text.split("[", 1)
-        dims = [d for d in dims.rstrip("]").split(",") if d][1:]
+        tensor = TensorSpec.from_text(text)
+        dtype, dims = tensor.dtype, (tensor.shape or ())[1:]
         # tf.Example holds only float, int64 and bytes: parse as those, then cast.
         parse_dtype = (tf.string if dtype == "string" else
                        tf.float32 if tf.as_dtype(dtype).is_floating else tf.int64)
         if dtype not in ("string", "bool") and not (tf.as_dtype(dtype).is_floating
                                                      or tf.as_dtype(dtype).is_integer):
             return None
-        if any(d in ("?", "*") for d in dims):
+        if any(d is None for d in dims):
             spec[key] = tf.io.VarLenFeature(parse_dtype)
         else:
-            spec[key] = tf.io.FixedLenFeature([int(d) for d in dims], parse_dtype)
+            spec[key] = tf.io.FixedLenFeature(list(dims), parse_dtype)
     try:
         parsed = tf.io.parse_example(tf.constant(records), spec)
     except (tf.errors.InvalidArgumentError, ValueError):
@@ -176,37 +157,10 @@ def features_from_examples(inputs: Dict[str, str], records: List[bytes]
             if value.shape[-1] == 0:
                 return None   # no record has this feature: not an example feature
         np_value = value.numpy()
-        dtype = inputs[key].split("[", 1)[0]
+        dtype = TensorSpec.from_text(inputs[key]).dtype
         out[key] = np_value.astype(object if dtype == "string" else tf.as_dtype(dtype)
                                    .as_numpy_dtype)
     return out
-
-
-def write_prediction_logs(path: str, logs) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.TFRecordWriter(path) as writer:
-        for log in logs:
-            writer.write(log.SerializeToString())
-
-
-def read_prediction_logs(path: str):
-    """The PredictionLogs of a warmup file; a `SourceError` naming it when it is not
-    one (a corrupt or truncated record, another file under that name)."""
-    from tensorflow_serving.apis import prediction_log_pb2
-    logs = []
-    try:
-        for record in tf.data.TFRecordDataset(path):
-            log = prediction_log_pb2.PredictionLog()
-            log.ParseFromString(record.numpy())
-            logs.append(log)
-    except (tf.errors.OpError, DecodeError) as e:
-        from export_archive.sources import SourceError, error_summary
-        raise SourceError(path, "the warmup file does not read as TFRecords of TF Serving "
-                          f"PredictionLogs ({type(e).__name__}: {error_summary(e)})",
-                          allowed="the tf_serving_warmup_requests file an export writes",
-                          fix="export the model again with the serving check on (it writes "
-                              "the file), or remove the damaged file") from None
-    return logs
 
 
 # ---- the separate process
@@ -214,7 +168,8 @@ def read_prediction_logs(path: str):
 
 def run_contract(export_dir: str, requests=None, latency_runs: int = 0,
                  timeout: int = 900) -> Dict[str, Any]:
-    """Runs serving_contract.py on `export_dir`; returns its results and responses.
+    """Runs serving_contract.py on `export_dir`; returns its result file's JSON, with
+    its "results" as `CheckRow`s, and its "responses" (PredictionLogs).
 
     In the process `contract_process` started ahead (by the CLI or `writer.export`),
     whose TensorFlow import then overlapped the export; else in a new one."""
@@ -227,10 +182,10 @@ def run_contract(export_dir: str, requests=None, latency_runs: int = 0,
             write_prediction_logs(args["requests"], requests)
         failure = process.run(export_dir, latency_runs=latency_runs, timeout=timeout, **args)
         if failure:
-            return {"results": [{"check": "load", "endpoint": "", "passed": False,
-                                 "detail": failure}], "responses": []}
+            return {"results": [CheckRow("load", "", False, failure)], "responses": []}
         with open(process.path("result.json")) as f:
             data = json.load(f)
+        data["results"] = from_contract_json(data["results"])
         responses = args["responses"]
         data["responses"] = (read_prediction_logs(responses)
                              if responses and os.path.exists(responses) else [])
@@ -259,21 +214,19 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
     `requests` (entries as in the config's `check.requests`) come before all of them.
     `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
     """
-    from export_archive import user_requests
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
                                 "saved_model.pb is missing.")
     source = None
     if example_files:
-        from export_archive.examples import read_records
         source = lambda count: read_records(example_files, count)  # noqa: E731
     warmup_path = os.path.join(export_dir, WARMUP_FILE)
     warmup = {}
     if tf.io.gfile.exists(warmup_path):
         try:
             for log in read_prediction_logs(warmup_path):
-                warmup.setdefault(_signature_name(log), log)
-        except (tf.errors.OpError, ValueError, DecodeError):
+                warmup.setdefault(signature_name(log), log)
+        except ValueError:   # read_prediction_logs' SourceError
             warmup = {}   # the contract's own `warmup` row reports the broken file
     origins, examples_origin = {}, SOURCE_EXAMPLES
     if requests:
@@ -284,9 +237,9 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
             examples_origin, source, _ = supplied.examples[0]
     built = {size: build_requests(export_dir, source, size, seed=size)
              for size in (SMALL_BATCH, LARGE_BATCH)}
-    requests, rows = {SMALL_BATCH: [], LARGE_BATCH: []}, []
+    requests, request_origins = {SMALL_BATCH: [], LARGE_BATCH: []}, {}
     for i, log in enumerate(built[SMALL_BATCH]):
-        name = _signature_name(log)
+        name = signature_name(log)
         if name in warmup:
             origin = origins.get(name, SOURCE_WARMUP)
             for size in requests:
@@ -295,27 +248,34 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
             origin = examples_origin if source is not None else SOURCE_SYNTHESIZED
             for size in requests:
                 requests[size].append(built[size][i])
-        rows.append({"check": "requests", "endpoint": name, "passed": True,
-                     "detail": f"from {origin}"})
+        request_origins[name] = origin
     contract = run_contract(export_dir, requests[SMALL_BATCH] + requests[LARGE_BATCH],
                             latency_runs=latency_runs)
-    results = [r for r in contract["results"] if r["check"] != "run"]
+    results, runs = _split_runs(contract["results"])
     results += runtimes.check_rows(export_dir, serving_runtime)
-    synthesized = {r["endpoint"]: user_requests.ORIGIN_SYNTHESIZED for r in rows
-                   if r["detail"] == f"from {SOURCE_SYNTHESIZED}"}
-    runs = [r for r in contract["results"] if r["check"] == "run"]
+    synthesized = {name: user_requests.ORIGIN_SYNTHESIZED
+                   for name, origin in request_origins.items() if origin == SOURCE_SYNTHESIZED}
     runs = user_requests.apply_not_exercised(
         results, runs, user_requests.not_exercised(runs, synthesized, export_dir))
-    results += rows + _latency_rows(runs)
+    results += request_rows(request_origins) + _latency_rows(runs)
     return CheckReport(results)
+
+
+def _split_runs(contract_rows: List[CheckRow]):
+    """(the contract's rows but its `run` rows, the `run` rows: one per request)."""
+    return ([r for r in contract_rows if r.check != "run"],
+            [r for r in contract_rows if r.check == "run"])
+
+
+def request_rows(origins: Dict[str, str]) -> List[CheckRow]:
+    """A passing `requests` row per signature, naming where its requests came from."""
+    return [CheckRow("requests", name, True, f"from {origin}") for name, origin in origins.items()]
 
 
 def _resized(log, batch: int):
     """A copy of a warmup request with `batch` examples: its inputs repeated along the
     batch dimension (TF Serving's warmup requests are usually of batch 1)."""
-    from tensorflow_serving.apis import prediction_log_pb2
-    out = prediction_log_pb2.PredictionLog()
-    out.CopyFrom(log)
+    out = copy_prediction_log(log)
     kind = out.WhichOneof("log_type")
     if kind == "predict_log":
         inputs = out.predict_log.request.inputs
@@ -333,6 +293,70 @@ def _resized(log, batch: int):
             del examples[:]
             for j in range(batch):
                 examples.add().CopyFrom(originals[j % len(originals)])
+    return out
+
+
+# ---- choosing each signature's requests (the sources: `user_requests`)
+
+
+def choose(export_dir: str, supplied: Optional[user_requests.Supplied], example_source,
+           small_batch: int, large_batch: int, seeds=(1, 2)):
+    """(small, large, origins): one request per signature at each batch size, taken
+    from `supplied`, else the exporter's `example_source`, else synthesized."""
+    supplied = supplied or user_requests.Supplied({}, [])
+    candidates = [(read, o, e) for o, read, e in supplied.examples] + (
+        [(example_source, user_requests.ORIGIN_EXAMPLES_INPUT, None)]
+        if example_source is not None else [])
+    plain = {size: build_requests(export_dir, None, size, seed=seed)
+             for size, seed in zip((small_batch, large_batch), seeds)}
+    small, large = list(plain[small_batch]), list(plain[large_batch])
+    names = [signature_name(log) for log in small]
+    origins = {name: user_requests.ORIGIN_SYNTHESIZED for name in names}
+    taken = set()
+    aliases = _aliases(export_dir)
+    for i, name in enumerate(names):
+        found = [(name, entry) for entry in supplied.logs.get(name, [])[:1]] or [
+            (alias, supplied.logs[alias][0]) for alias in aliases.get(name, ())
+            if alias in supplied.logs][:1]
+        if found:
+            (alias, (log, origin)), = found
+            if alias != name:   # serving_default and its endpoint take the same requests
+                log = _renamed(log, name)
+                origin = f"{origin}, as for {alias!r}, which it aliases"
+            small[i], large[i] = log, _resized(log, large_batch)
+            origins[name] = origin
+            taken.add(name)
+    for source, origin, endpoint in candidates:
+        with_examples = {size: build_requests(export_dir, source, size, seed=seed)
+                         for size, seed in zip((small_batch, large_batch), seeds)}
+        for i, name in enumerate(names):
+            if name in taken or (endpoint is not None and endpoint != name):
+                continue
+            built = with_examples[small_batch][i]
+            # Same seed: a request that differs from the synthesized one used the records.
+            if built.SerializeToString() != plain[small_batch][i].SerializeToString():
+                small[i], large[i] = built, with_examples[large_batch][i]
+                origins[name] = origin
+                taken.add(name)
+    return small, large, origins
+
+
+def _aliases(export_dir: str) -> Dict[str, List[str]]:
+    """serving_default <-> the signatures it aliases (same method, inputs, outputs)."""
+    sigs = {sig.name: sig for sig in describe.describe(export_dir)}
+    default = sigs.get(DEFAULT_SIGNATURE)
+    if default is None:
+        return {}
+    key = lambda sig: (sig.method_name, sig.inputs, sig.outputs)  # noqa: E731
+    same = [n for n, sig in sigs.items() if n != DEFAULT_SIGNATURE and key(sig) == key(default)]
+    out = {n: [DEFAULT_SIGNATURE] for n in same}
+    out[DEFAULT_SIGNATURE] = same
+    return out
+
+
+def _renamed(log, name: str):
+    out = copy_prediction_log(log)
+    request_of(out).model_spec.signature_name = name
     return out
 
 
@@ -355,39 +379,37 @@ def in_memory_outputs(concrete, request_inputs: Dict[str, np.ndarray]):
 
 
 def compare(name: str, expected: Dict[str, np.ndarray], served: Dict[str, np.ndarray],
-            rtol: float, atol: float) -> Dict[str, Any]:
+            rtol: float, atol: float) -> CheckRow:
     """Inference parity: same keys, dtypes and shapes, values within tolerance."""
     if sorted(expected) != sorted(served):
-        return {"check": "parity", "endpoint": name, "passed": False,
-                "detail": f"output keys differ: model {sorted(expected)}, served {sorted(served)}"}
+        return CheckRow("parity", name, False,
+                        f"output keys differ: model {sorted(expected)}, served {sorted(served)}")
     worst_abs = worst_rel = 0.0
     for key in expected:
         a, b = expected[key], served[key]
         if a.shape != b.shape or a.dtype != b.dtype:
-            return {"check": "parity", "endpoint": name, "passed": False,
-                    "detail": f"{key}: model gives {a.dtype}{list(a.shape)}, served "
-                              f"{b.dtype}{list(b.shape)}"}
+            return CheckRow("parity", name, False, f"{key}: model gives {a.dtype}"
+                            f"{list(a.shape)}, served {b.dtype}{list(b.shape)}")
         if a.dtype.kind in "OSUb":
             if not np.array_equal(a, b):
-                return {"check": "parity", "endpoint": name, "passed": False,
-                        "detail": f"{key} differs from the model"}
+                return CheckRow("parity", name, False, f"{key} differs from the model")
             continue
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
         worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
         worst_rel = max(worst_rel, float((diff / (np.abs(a) + 1e-12)).max(initial=0.0)))
         if not np.allclose(b, a, rtol=rtol, atol=atol):
-            return {"check": "parity", "endpoint": name, "passed": False,
-                    "detail": f"{key} drifts from the model: max abs diff {worst_abs:.3g}, "
-                              f"max rel diff {worst_rel:.3g} (rtol {rtol}, atol {atol})"}
-    return {"check": "parity", "endpoint": name, "passed": True,
-            "detail": f"max abs diff {worst_abs:.3g}, max rel diff {worst_rel:.3g}"}
+            return CheckRow("parity", name, False,
+                            f"{key} drifts from the model: max abs diff {worst_abs:.3g}, "
+                            f"max rel diff {worst_rel:.3g} (rtol {rtol}, atol {atol})")
+    return CheckRow("parity", name, True,
+                    f"max abs diff {worst_abs:.3g}, max rel diff {worst_rel:.3g}")
 
 
 def _request_inputs(log) -> Dict[str, np.ndarray]:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
         return {k: tf.make_ndarray(v) for k, v in log.predict_log.request.inputs.items()}
-    request = getattr(log, kind).request
+    request = request_of(log)
     return {"inputs": np.array([e.SerializeToString()
                                 for e in request.input.example_list.examples], dtype=object)}
 
@@ -409,48 +431,46 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     `example_source` and synthesized ones (see `user_requests`).
     `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
     """
-    from export_archive import user_requests
-    small, large, origins = user_requests.choose(export_dir, supplied, example_source,
-                                                 SMALL_BATCH, LARGE_BATCH)
+    small, large, origins = choose(export_dir, supplied, example_source,
+                                   SMALL_BATCH, LARGE_BATCH)
     if warmup:
         write_prediction_logs(os.path.join(export_dir, WARMUP_FILE), small)
-    is_training = lambda log: training.get(_signature_name(log), False)
+    is_training = lambda log: training.get(signature_name(log), False)
     inference = [log for log in small + large if not is_training(log)]
     trainers = [log for log in small + large if is_training(log)]
     probe = [next(log for log in large if not is_training(log))] if trainers and inference else []
     contract = run_contract(export_dir, inference + trainers + probe, latency_runs=latency_runs)
-    results = [r for r in contract["results"] if r["check"] != "run"]
+    results, runs = _split_runs(contract["results"])
     results += runtimes.check_rows(export_dir, serving_runtime)
-    runs = [r for r in contract["results"] if r["check"] == "run"]
     if probe and len(runs) == len(inference + trainers + probe):
         runs = runs[:-1]  # the probe re-runs a request; its timing is not a new figure
     skipped = user_requests.not_exercised(runs, origins, export_dir)
     runs = user_requests.apply_not_exercised(results, runs, skipped)
     if warmup and skipped:
         # TF Serving refuses a model whose warmup request fails: leave those out.
-        small = [log for log in small if _signature_name(log) not in skipped]
+        small = [log for log in small if signature_name(log) not in skipped]
         if small:
             write_prediction_logs(os.path.join(export_dir, WARMUP_FILE), small)
         else:
             tf.io.gfile.remove(os.path.join(export_dir, WARMUP_FILE))
-    results += user_requests.request_rows(origins) + _latency_rows(runs)
+    results += request_rows(origins) + _latency_rows(runs)
     responses: Dict[str, List[Dict[str, np.ndarray]]] = {}
     for log in contract["responses"]:
         outputs = {k: tf.make_ndarray(v) for k, v in log.predict_log.response.outputs.items()}
-        responses.setdefault(_signature_name(log), []).append(outputs)
+        responses.setdefault(signature_name(log), []).append(outputs)
     if probe and contract["responses"]:
-        name = _signature_name(probe[0])
+        name = signature_name(probe[0])
         before, after = responses[name][1], responses[name][-1]
         changed = any(not np.array_equal(before[k], after[k]) for k in before)
         culprits = sorted(n for n, t in training.items() if t)
-        results.append({"check": "state", "endpoint": ", ".join(culprits), "passed": not changed,
-                        "detail": (f"calling the training-mode endpoint(s) changed what {name!r} "
-                                   "returns (e.g. BatchNormalization moving statistics): in TF "
-                                   "Serving every training call would shift inference results; "
-                                   "drop the training endpoint or freeze those layers")
-                        if changed else "training-mode calls leave inference unchanged"})
+        results.append(CheckRow(
+            "state", ", ".join(culprits), not changed,
+            (f"calling the training-mode endpoint(s) changed what {name!r} returns (e.g. "
+             "BatchNormalization moving statistics): in TF Serving every training call "
+             "would shift inference results; drop the training endpoint or freeze those "
+             "layers") if changed else "training-mode calls leave inference unchanged"))
         responses[name] = responses[name][:-1]
-    large_inputs = {_signature_name(log): _request_inputs(log) for log in large}
+    large_inputs = {signature_name(log): _request_inputs(log) for log in large}
     for name, concrete in endpoint_fns.items():
         if len(responses.get(name, [])) < 2:
             continue  # its run failed; that row already says why
@@ -462,17 +482,13 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
             expected = in_memory_outputs(concrete, large_inputs[name])
             results.append(compare(name, expected, served, rtol, atol))
     if warmup:
-        results.append({"check": "warmup_written", "endpoint": "", "passed": True,
-                        "detail": f"{len(small)} requests in {WARMUP_FILE}" if small else
-                        "no warmup file: no endpoint was exercised"})
+        results.append(CheckRow("warmup_written", "", True,
+                                f"{len(small)} requests in {WARMUP_FILE}" if small else
+                                "no warmup file: no endpoint was exercised"))
     return CheckReport(results)
 
 
-def _signature_name(log) -> str:
-    return getattr(log, log.WhichOneof("log_type")).request.model_spec.signature_name
-
-
-def compare_specs(name: str, concrete, served: Dict[str, np.ndarray]) -> Dict[str, Any]:
+def compare_specs(name: str, concrete, served: Dict[str, np.ndarray]) -> CheckRow:
     """Training-mode parity: the served outputs have the traced outputs' dtypes and shapes."""
     structure = concrete.structured_outputs
     specs = (dict(structure) if isinstance(structure, dict) else
@@ -480,32 +496,30 @@ def compare_specs(name: str, concrete, served: Dict[str, np.ndarray]) -> Dict[st
     for key, tensor in specs.items():
         value = served.get(key)
         if value is None:
-            return {"check": "parity", "endpoint": name, "passed": False,
-                    "detail": f"output {key!r} missing; served {sorted(served)}"}
+            return CheckRow("parity", name, False,
+                            f"output {key!r} missing; served {sorted(served)}")
         if (tf.as_dtype(value.dtype) != tensor.dtype
                 or not tensor.shape.is_compatible_with(value.shape)):
-            return {"check": "parity", "endpoint": name, "passed": False,
-                    "detail": f"{key}: traced {tensor.dtype.name}{tensor.shape}, served "
-                              f"{value.dtype}{list(value.shape)}"}
-    return {"check": "parity", "endpoint": name, "passed": True,
-            "detail": "training mode: output dtypes and shapes match"}
+            return CheckRow("parity", name, False,
+                            f"{key}: traced {tensor.dtype.name}{tensor.shape}, served "
+                            f"{value.dtype}{list(value.shape)}")
+    return CheckRow("parity", name, True, "training mode: output dtypes and shapes match")
 
 
-def _latency_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def _latency_rows(runs: List[TimedRun]) -> List[CheckRow]:
     rows, by_endpoint, failed = [], {}, set()
     for run in runs:
-        if not run["passed"]:
+        if not run.passed:
             # One row per failing endpoint: batch 64 fails as batch 1 did.
-            if run["endpoint"] not in failed:
-                failed.add(run["endpoint"])
-                rows.append(run)
+            if run.endpoint not in failed:
+                failed.add(run.endpoint)
+                rows.append(run.without_timing())
             continue
-        by_endpoint.setdefault(run["endpoint"], []).append(json.loads(run["detail"]))
-    for name, details in by_endpoint.items():
-        parts = [f"batch {d['batch']}: p50 {d.get('p50_ms', 0):.2f} ms, p99 "
-                 f"{d.get('p99_ms', 0):.2f} ms" for d in details]
-        deterministic = all(d["deterministic"] for d in details)
-        rows.append({"check": "run", "endpoint": name, "passed": True,
-                     "detail": "; ".join(parts) + ("" if deterministic else
-                                                   "; not deterministic (dropout?)")})
+        by_endpoint.setdefault(run.endpoint, []).append(run.latency)
+    for name, timings in by_endpoint.items():
+        parts = [f"batch {t.batch}: p50 {t.p50_ms or 0:.2f} ms, p99 {t.p99_ms or 0:.2f} ms"
+                 for t in timings]
+        deterministic = all(t.deterministic for t in timings)
+        rows.append(CheckRow("run", name, True, "; ".join(parts) + (
+            "" if deterministic else "; not deterministic (dropout?)")))
     return rows

@@ -23,10 +23,19 @@ import json
 import os
 import sys
 import tempfile
+import traceback
 import warnings
 from typing import List, Optional
 
-from export_archive.config import ConfigError, ExportConfig, check_allowed_breaks
+# Modules that import no TensorFlow. The others are imported in the commands, inside
+# `_tensorflow_loading_quietly` and after `contract_process.prestart_for`: the check's
+# process is forked from this one right after TensorFlow loads (contract_process).
+from export_archive import __version__, contract, contract_process, interrupt, publish
+from export_archive.config import ConfigError, ExportConfig, InputError, check_allowed_breaks
+from export_archive.rows import failure_lines
+from export_archive.runtimes import (FLAG_PATH, parse_serving_runtime,
+                                     with_serving_runtime)
+from export_archive.user_requests import parse_flags, with_flag_requests
 
 EXIT_INTERNAL_ERROR = 1   # a bug (says where to report it), or the machine ran out of space
 EXIT_USER_ERROR = 2
@@ -39,7 +48,6 @@ EXIT_STATUS_HELP = ("exit status: 0 ok; 1 disk full / size limit, or an internal
 
 
 def _parser() -> argparse.ArgumentParser:
-    from export_archive import __version__
     parser = argparse.ArgumentParser(
         prog="export-archive",
         description="Export a trained Keras model as a servable SavedModel, check it, "
@@ -139,14 +147,11 @@ def _cmd_export(args) -> int:
         config = ExportConfig.parse(
             args.config if args.config.lstrip().startswith("{") else os.fspath(args.config))
         if args.requests:
-            from export_archive.user_requests import with_flag_requests
             config = with_flag_requests(config, args.requests)
         if args.serving_runtime:
-            from export_archive.runtimes import with_serving_runtime
             config = with_serving_runtime(config, args.serving_runtime)
     except ConfigError as e:
         return _user_error(str(e))
-    from export_archive import publish
     try:   # an unusable --output fails here, before any process, import or load
         publish.check_output_path(args.output)
     except publish.OutputPathError as e:
@@ -154,21 +159,19 @@ def _cmd_export(args) -> int:
     # Before our own TensorFlow import (writer, sources): the check's clean process is
     # forked from ours right after TensorFlow loads, instead of importing it anew
     # after the SavedModel is written (contract_process).
-    from export_archive import contract_process
     with _tensorflow_loading_quietly():   # prestart_for may import it for the fork
         contract_process.prestart_for(config, args.check)
-        from export_archive import describe, step, writer
+        from export_archive import check, describe, step, writer   # TensorFlow: see the top
         from export_archive.sources import SourceError, resolve_model_path
 
     example_files = ()
     if args.schema or args.transform_graph:
         try:
-            from export_archive import examples
+            from export_archive import examples   # TensorFlow: see the top
         except ImportError:
             return _user_error("--schema/--transform-graph need tf_example support, which "
                                "this installation lacks (install the 'transform' extra).")
         example_files = examples.find_example_files(args.examples) if args.examples else ()
-    from export_archive.check import CheckFailed, failure_line
     try:
         # The export step of every front door; the CLI has no blessing input, and
         # split parity runs when --examples are given and the check runs.
@@ -184,7 +187,7 @@ def _cmd_export(args) -> int:
         return 1
     except (ConfigError, SourceError, writer.OutputError, FileNotFoundError) as e:
         return _user_error(str(e))
-    except CheckFailed as e:
+    except check.CheckFailed as e:
         print(f"export-archive: {e}\nNothing was written to {args.output}.", file=sys.stderr)
         return EXIT_CHECK_FAILED
     if not outcome.published:   # the contract guard (a blessing gate is not a CLI input)
@@ -210,9 +213,8 @@ def _cmd_export(args) -> int:
         else:
             print("  serving check: " + ("passed" if result.check_passed else
                                          "FAILED (mode warn, exported anyway)"))
-            for c in result.checks:
-                if not c["passed"]:
-                    print(f"    {failure_line(c)}")
+            for line in failure_lines(result.checks):
+                print(f"    {line}")
         print(f"  {result.contract['summary']}")
         for change in result.contract["changes"]:
             print(f"    {change['id']}: {change['old']} -> {change['new']}"
@@ -225,6 +227,7 @@ def _saved_model_dir(path: str) -> str:
     parses, its assets are there and its variables read back; else a `SourceError`
     naming the damaged file (empty, truncated, missing saved_model.pb; a missing
     asset; corrupt variables.index or data shard)."""
+    # TensorFlow: see the top (the commands have imported it by now).
     from export_archive.sources import (check_saved_model_assets, check_saved_model_proto,
                                         check_saved_model_variables, resolve_model_path)
     resolved = resolve_model_path(path)
@@ -234,9 +237,9 @@ def _saved_model_dir(path: str) -> str:
 
 
 def _cmd_describe(args) -> int:
-    with _tensorflow_loading_quietly():
+    with _tensorflow_loading_quietly():   # TensorFlow: see the top
         from export_archive import describe
-    from export_archive.sources import resolve_model_path
+        from export_archive.sources import resolve_model_path
     try:
         signatures = describe.describe(_saved_model_dir(args.dir))
     except (FileNotFoundError, ValueError) as e:
@@ -252,10 +255,9 @@ def _cmd_describe(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from export_archive import contract_process
     with _tensorflow_loading_quietly():
         contract_process.prestart_for(None, True)   # before our TensorFlow import: see there
-        from export_archive import check
+        from export_archive import check, examples   # TensorFlow: see the top
 
     def error(message):
         if args.json:   # a script reading --json output must get JSON on every path
@@ -264,14 +266,11 @@ def _cmd_check(args) -> int:
     try:
         example_files = None
         if args.examples:
-            from export_archive.examples import find_example_files
-            example_files = find_example_files(args.examples)
+            example_files = examples.find_example_files(args.examples)
             if not example_files:
                 return error(f"--examples `{args.examples}`: no record files found. fix: "
                              "give a TFRecord file glob, a directory of them, or an "
                              "ExampleGen Examples artifact directory.")
-        from export_archive.user_requests import parse_flags
-        from export_archive.runtimes import FLAG_PATH, parse_serving_runtime
         runtime = (parse_serving_runtime(args.serving_runtime, FLAG_PATH)
                    if args.serving_runtime else None)
         report = check.check_saved_model(_saved_model_dir(args.dir), example_files,
@@ -287,8 +286,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_diff(args) -> int:
-    with _tensorflow_loading_quietly():
-        from export_archive import contract
+    with _tensorflow_loading_quietly():   # imports TensorFlow at its end, for contract.compare
+        pass
     try:
         check_allowed_breaks(args.allow, "--allow")
         old, new = (_saved_model_dir(d) for d in (args.old, args.new))
@@ -377,7 +376,6 @@ def _tensorflow_loading_quietly():
 
 def main(argv: Optional[List[str]] = None) -> int:
     quiet_native_logs(argv)
-    from export_archive import interrupt, publish
     record = publish.PublishRecord()   # tells an interrupted export what it did
     try:
         with interrupt.raising_on_signals():
@@ -430,7 +428,6 @@ def _run(command, args) -> int:
     machine ran out of space or memory, or an internal error, which is the only
     case that says where to report it (and prints the traceback with --traceback).
     """
-    from export_archive.config import InputError
 
     def error(message: str, code: int) -> int:
         if getattr(args, "json", False) and args.command == "check":
@@ -443,7 +440,6 @@ def _run(command, args) -> int:
         except Exception:
             # A signal that interrupted C code can surface as an unrelated error
             # (e.g. SystemError): then the interruption is what happened.
-            from export_archive import interrupt
             interrupt.raise_if_received()
             raise
     except InputError as e:
@@ -480,7 +476,6 @@ def _os_error_text(e: OSError) -> str:
 
 
 def _internal_error(e: BaseException, args) -> int:
-    import traceback
     if getattr(args, "traceback", False):
         traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
     summary = " ".join(str(e).split())

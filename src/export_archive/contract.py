@@ -38,7 +38,9 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from export_archive.constants import (BREAKING_KINDS, CHANGE_KINDS, COMPATIBLE_KINDS,  # noqa: F401
-                                      DEFAULT_SIGNATURE)
+                                      DEFAULT_SIGNATURE, WARMUP_FILE)
+from export_archive.rows import CheckRow
+from export_archive.specs import TensorSpec
 
 NO_BASELINE = "no baseline: contract not compared"
 
@@ -59,54 +61,28 @@ class BreakingChange(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorContract:
-    """What a client must send (input) or may read (output) under one key."""
-    dtype: str
-    shape: Optional[Tuple[Optional[int], ...]]  # None: unknown rank
-    encoding: str = "dense"                     # dense | coo_sparse | composite_tensor
-
-    def __str__(self) -> str:
-        if self.shape is None:
-            dims = "*"
-        else:
-            dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        suffix = "" if self.encoding == "dense" else f" ({self.encoding})"
-        return f"{self.dtype}[{dims}]{suffix}"
-
-
-@dataclasses.dataclass(frozen=True)
 class SignatureContract:
     method_name: str
-    inputs: Mapping[str, TensorContract]
-    outputs: Mapping[str, TensorContract]
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
 
 
 def read_contract(export_dir: str) -> Dict[str, SignatureContract]:
     """The signature map of a SavedModel's ``serve`` MetaGraph, as TF Serving exposes it."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from export_archive import describe  # pylint: disable=import-outside-toplevel
+    # Imports TensorFlow, which this module must not at import (module docstring).
+    from export_archive import saved_model_io  # pylint: disable=import-outside-toplevel
 
-    def tensor(info) -> TensorContract:
-        dtype = tf.as_dtype(info.dtype).name if info.dtype else "unknown"
-        shape = None if info.tensor_shape.unknown_rank else tuple(
-            None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
-        return TensorContract(dtype, shape, info.WhichOneof("encoding") or "name")
+    def tensor(info) -> TensorSpec:
+        spec = TensorSpec.from_text(saved_model_io.tensor_info_text(info))
+        encoding = info.WhichOneof("encoding")
+        # TensorInfo's oneof says "name" for a plain tensor, which is a dense one.
+        return spec if encoding in (None, "name") else dataclasses.replace(spec, encoding=encoding)
 
-    meta_graph = describe.serve_meta_graph(describe.read_saved_model_proto(export_dir))
-    out = {}
-    for name, sig in meta_graph.signature_def.items():
-        if name.startswith("__"):
-            continue  # TF-internal (__saved_model_init_op); TF Serving hides these too
-        out[name] = SignatureContract(
-            sig.method_name,
-            {k: _dense(tensor(v)) for k, v in sig.inputs.items()},
-            {k: _dense(tensor(v)) for k, v in sig.outputs.items()})
-    return out
-
-
-def _dense(t: TensorContract) -> TensorContract:
-    # TensorInfo's oneof says "name" for a plain tensor; call that "dense".
-    return dataclasses.replace(t, encoding="dense") if t.encoding == "name" else t
+    signatures = saved_model_io.signature_defs(saved_model_io.read_serve_meta_graph(export_dir))
+    return {name: SignatureContract(sig.method_name,
+                                    {k: tensor(v) for k, v in sig.inputs.items()},
+                                    {k: tensor(v) for k, v in sig.outputs.items()})
+            for name, sig in signatures.items()}
 
 
 # ---- the diff
@@ -290,8 +266,8 @@ def _default_change(old, new) -> List[Change]:
                    "another contract")]
 
 
-def _side_changes(sig: str, side: str, old: Mapping[str, TensorContract],
-                  new: Mapping[str, TensorContract]) -> List[Change]:
+def _side_changes(sig: str, side: str, old: Mapping[str, TensorSpec],
+                  new: Mapping[str, TensorSpec]) -> List[Change]:
     changes = []
     removed = sorted(set(old) - set(new))
     added = sorted(set(new) - set(old))
@@ -362,13 +338,14 @@ def replay_warmup(baseline_dir: str, candidate_dir: str) -> Tuple[Optional[int],
     cannot answer is not a contract of anyone's and is skipped. Returns the
     number of requests replayed (None: no warmup file) and the breaking changes.
     """
+    # Import TensorFlow, which this module must not at import (module docstring).
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from export_archive import check  # pylint: disable=import-outside-toplevel
+    from export_archive import check, saved_model_io  # pylint: disable=import-outside-toplevel
 
-    path = os.path.join(baseline_dir, check.WARMUP_FILE)
+    path = os.path.join(baseline_dir, WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return None, []
-    logs = check.read_prediction_logs(path)
+    logs = saved_model_io.read_prediction_logs(path)
     if not logs:
         return 0, []
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -385,8 +362,7 @@ def replay_warmup(baseline_dir: str, candidate_dir: str) -> Tuple[Optional[int],
         requests.setdefault(f"{kind}:{path}", []).append(index)
 
     for i, log in enumerate(logs):
-        request = getattr(log, log.WhichOneof("log_type")).request
-        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = saved_model_io.signature_name(log)
         old_ok, old_out = old_answers[i]
         new_ok, new_out = new_answers[i]
         if not old_ok:
@@ -406,17 +382,19 @@ def replay_warmup(baseline_dir: str, candidate_dir: str) -> Tuple[Optional[int],
 
 def _answers(contract: Dict[str, Any], count: int) -> List[Tuple[bool, Any]]:
     """Per request: (True, {output key: "dtype[shape]"}) or (False, why it failed)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    runs = [r for r in contract["results"] if r["check"] == "run"]
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # as in read_contract
+    rows: List[CheckRow] = contract["results"]
+    runs = [r for r in rows if r.check == "run"]
     if len(runs) != count:  # the model did not load: every request fails the same way
-        why = "; ".join(f"{r['check']}: {r['detail']}" for r in contract["results"]
-                        if not r["passed"]) or "the model did not run the requests"
+        # Model-wide failures (ops, load): the check names it, the endpoint would be empty.
+        why = "; ".join(f"{r.check}: {r.detail}" for r in rows
+                        if not r.passed) or "the model did not run the requests"
         return [(False, why)] * count
     responses = iter(contract["responses"])
     out = []
     for run in runs:
-        if not run["passed"]:
-            out.append((False, run["detail"]))
+        if not run.passed:
+            out.append((False, run.detail))
             continue
         outputs = next(responses).predict_log.response.outputs
         out.append((True, {k: _value_text(tf.make_ndarray(v)) for k, v in outputs.items()}))
@@ -424,9 +402,9 @@ def _answers(contract: Dict[str, Any], count: int) -> List[Tuple[bool, Any]]:
 
 
 def _value_text(value) -> str:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # as in read_contract
     dtype = "string" if value.dtype.kind in "OSU" else tf.as_dtype(value.dtype).name
-    return f"{dtype}[{','.join(str(d) for d in value.shape)}]"
+    return str(TensorSpec(dtype, tuple(int(d) for d in value.shape)))
 
 
 # ---- the whole comparison

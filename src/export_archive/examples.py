@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 
 from export_archive.config import KIND_RAW_FEATURES, ConfigError, EndpointConfig, InputError
 from export_archive.constants import METHOD_NAMES
@@ -38,6 +40,7 @@ SCHEMA_FILE = "schema.pbtxt"
 
 def load_schema(path: str):
     """Reads a Schema proto from a SchemaGen artifact dir or a .pbtxt file."""
+    # The 'transform' extra's packages: imported only for tf_example endpoints.
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
     file_path = os.path.join(path, SCHEMA_FILE) if tf.io.gfile.isdir(path) else path
@@ -86,6 +89,25 @@ def find_example_files(path: str) -> List[str]:
                   if not tf.io.gfile.isdir(os.path.join(path, f)))
 
 
+def synthesize_examples(feature_spec: Dict[str, Any], batch: int, rng) -> List[bytes]:
+    """Serialized tf.Examples with a value of the right type for every feature."""
+    out = []
+    for _ in range(batch):
+        feature = {}
+        for name, spec in feature_spec.items():
+            size = int(np.prod(spec.shape)) if getattr(spec, "shape", None) else 1
+            if spec.dtype == tf.string:
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a"] * size))
+            elif spec.dtype.is_floating:
+                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
+                    value=rng.normal(size=size).tolist()))
+            else:
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[0] * size))
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString())
+    return out
+
+
 class ExampleEndpointBuilder:
     """Builds tf_example endpoints from a Schema and/or a Transform graph."""
 
@@ -106,14 +128,14 @@ class ExampleEndpointBuilder:
     @property
     def tft_output(self):
         if self._tft_output is None and self.transform_graph_path:
-            import tensorflow_transform as tft
+            import tensorflow_transform as tft   # the 'transform' extra: only when used
             self._tft_output = tft.TFTransformOutput(self.transform_graph_path)
         return self._tft_output
 
     def raw_feature_spec(self) -> Dict[str, Any]:
         if self.tft_output is not None:
             return dict(self.tft_output.raw_feature_spec())
-        from tensorflow_transform.tf_metadata import schema_utils
+        from tensorflow_transform.tf_metadata import schema_utils   # as tft above
         return dict(schema_utils.schema_as_feature_spec(
             load_schema(self.schema_path)).feature_spec)
 
@@ -123,8 +145,6 @@ class ExampleEndpointBuilder:
         records = read_records(self.example_files, count)
         if records:
             return records
-        import numpy as np
-        from export_archive.check import synthesize_examples
         return synthesize_examples(self.raw_feature_spec(), count, np.random.default_rng(0))
 
     def transform_layer(self):
@@ -406,7 +426,6 @@ def _args_read(library, name: str, memo: Dict[str, List[bool]]) -> List[bool]:
 
 
 def _is_stateful(op_type: str) -> bool:
-    from tensorflow.python.framework import op_def_registry
     op_def = op_def_registry.get(op_type)
     return bool(op_def and op_def.is_stateful)
 

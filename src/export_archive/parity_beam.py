@@ -47,8 +47,16 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import apache_beam as beam
 import numpy as np
+import tensorflow as tf
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from export_archive import describe, examples, writer
+from export_archive.config import ExportConfig
+from export_archive.rows import CheckRow, SplitParityRow
+from export_archive.sources import ModelSource
 
 METRICS_NAMESPACE = "export_archive.parity"
 BLOCK_SIZE = 4096           # records per inference call
@@ -56,6 +64,7 @@ MAX_REPORTED = 10           # mismatching examples kept per endpoint
 # Metrics are integers in Beam's Python SDK: differences are reported in 1e-9 units.
 DIFF_METRIC_SCALE = 1e9
 IN_MEMORY, SERVED = "in_memory", "served"
+CHECK_NAME = "parity_split"   # the check rows' `check`
 
 
 @dataclasses.dataclass
@@ -113,7 +122,6 @@ class RecordBlock:
 
     def records_tensor(self):
         if self._tensor is None:
-            import tensorflow as tf
             offsets = np.cumsum(self.lengths) - self.lengths
             self._tensor = tf.strings.substr(tf.constant(self.data), offsets, self.lengths)
         return self._tensor
@@ -127,7 +135,6 @@ class RecordBlock:
 
     def __getstate__(self):
         if self.data is None:
-            import tensorflow as tf
             self.data = tf.strings.reduce_join(self._tensor).numpy()
         # The tensor and `_records` are rebuilt from `data` on the other side.
         return {k: getattr(self, k) for k in self.__slots__
@@ -156,7 +163,6 @@ class ReadRecordBlocks(beam.DoFn):
         self.block_size = block_size
 
     def process(self, path: str) -> Iterable[RecordBlock]:
-        import tensorflow as tf
         compression = "GZIP" if path.endswith(".gz") else None
         dataset = tf.data.TFRecordDataset(path, compression_type=compression)
         # prefetch: tf.data's threads decompress and frame the next blocks while
@@ -206,10 +212,6 @@ class _InMemoryModel:
     reported = False
 
     def __init__(self, job: ParityJob):
-        import tensorflow as tf
-        from export_archive import describe, examples, writer
-        from export_archive.config import ExportConfig
-        from export_archive.sources import ModelSource
 
         config = ExportConfig.parse(job.config_json)
         builder = None
@@ -260,7 +262,6 @@ class _InMemoryModel:
         between Python and TensorFlow, and TensorFlow may run independent endpoints
         side by side on the block.
         """
-        import tensorflow as tf
         features_fn, fns = self.features_fn, {
             name: fn for name, fn in self.fns.items() if name not in self.skipped}
 
@@ -303,7 +304,6 @@ def _call_specs(fn, served: Dict[str, Any]):
     ("dict", {key: spec}) for one dict argument (Keras dict-input models, raw
     features), or ([key, ...], {key: spec}) for positional tensors, matched to the
     signature's keys by spec name (by position for a single input)."""
-    import tensorflow as tf
     args, _ = fn.structured_input_signature
     if len(args) == 1 and isinstance(args[0], dict):
         return "dict", dict(args[0])
@@ -326,8 +326,6 @@ def _features_fn(builder, wanted, raw_input):
     Parse, Transform and adapt once per block, in a graph (the eager Transform
     layer costs milliseconds per call).
     """
-    import tensorflow as tf
-    from export_archive import examples
     spec = builder.raw_feature_spec()
     needs_transform = any(not raw_input[name] for name in wanted)
     layer = (builder.tft_output.transform_features_layer()
@@ -367,7 +365,6 @@ class _ServedModel:
     reported = False
 
     def __init__(self, job: ParityJob, endpoints: List[str]):
-        import tensorflow as tf
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         meta_graph = tf.compat.v1.saved_model.loader.load(
@@ -395,7 +392,6 @@ class ServedModelHandler(_BlockHandler):
     side = SERVED
 
     def load_model(self) -> _ServedModel:
-        from export_archive.config import ExportConfig
         config = ExportConfig.parse(self.job.config_json)
         return _ServedModel(self.job, [e.name for e in config.endpoints if not e.training])
 
@@ -428,10 +424,9 @@ class ParityStats:
                            self.mismatches + other.mismatches, self.skipped or other.skipped,
                            self.problem or other.problem, samples)
 
-    def to_row(self) -> Dict[str, Any]:
-        row = {"check": "parity_split", "endpoint": self.endpoint}
+    def to_row(self) -> CheckRow:
         if self.skipped:
-            return {**row, "passed": True, "detail": f"skipped: {self.skipped}"}
+            return CheckRow(CHECK_NAME, self.endpoint, True, f"skipped: {self.skipped}")
         detail = (f"{self.count} records, max abs diff {self.max_abs:.3g}, max rel diff "
                   f"{self.max_rel:.3g}, {self.mismatches} outside tolerance")
         if self.problem:
@@ -440,10 +435,10 @@ class ParityStats:
             detail += "; first: " + ", ".join(
                 f"{os.path.basename(s['file'])}#{s['index']} {s['output']} "
                 f"(abs diff {s['max_abs_diff']:.3g})" for s in self.samples)
-        return {**row, "passed": self.mismatches == 0 and self.count > 0, "detail": detail,
-                "count": self.count, "mismatches": self.mismatches,
-                "max_abs_diff": self.max_abs, "max_rel_diff": self.max_rel,
-                "mismatch_examples": self.samples}
+        return SplitParityRow(CHECK_NAME, self.endpoint, self.mismatches == 0 and self.count > 0,
+                              detail, count=self.count, mismatches=self.mismatches,
+                              max_abs_diff=self.max_abs, max_rel_diff=self.max_rel,
+                              mismatch_examples=self.samples)
 
 
 class CompareBlocks(beam.DoFn):
@@ -529,7 +524,6 @@ def _plain(values: np.ndarray) -> list:
 
 def _features(record: bytes) -> Dict[str, list]:
     """A mismatching record as {feature: values}, for the report."""
-    import tensorflow as tf
     example = tf.train.Example.FromString(record)
     out = {}
     for key, feature in sorted(example.features.feature.items()):
@@ -581,7 +575,6 @@ class SplitParity(beam.PTransform):
         blocks = files | "ReadBlocks" >> beam.ParDo(ReadRecordBlocks(job.block_size))
         spread = job.spread_blocks
         if spread is None:
-            from apache_beam.options.pipeline_options import StandardOptions
             runner = files.pipeline.options.view_as(StandardOptions).runner
             spread = runner is not None and "direct" not in str(runner).lower()
         if spread:
@@ -598,7 +591,7 @@ class SplitParity(beam.PTransform):
 
 @dataclasses.dataclass
 class ParityRun:
-    rows: List[Dict[str, Any]]
+    rows: List[CheckRow]
     metrics: Dict[str, Any]   # "<metric name>": value, from METRICS_NAMESPACE
 
 
@@ -609,8 +602,6 @@ def run_job(job: ParityJob, example_files: List[str], output_path: str,
     The rows go through `output_path` (JSON lines; a gs:// path on Dataflow), since
     workers on a remote runner cannot hand objects back to this process.
     """
-    import tensorflow as tf
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     if not example_files:
         raise ValueError("split parity needs example files: got none. Pass the TFRecord "
@@ -620,13 +611,13 @@ def run_job(job: ParityJob, example_files: List[str], output_path: str,
     _ = (pipeline
          | "Files" >> beam.Create(example_files)
          | "Parity" >> SplitParity(job)
-         | "Rows" >> beam.Map(lambda kv: json.dumps(kv[1].to_row()))
+         | "Rows" >> beam.Map(lambda kv: json.dumps(kv[1].to_row().to_json()))
          | "Write" >> beam.io.WriteToText(output_path, shard_name_template=""))
     result = pipeline.run()
     result.wait_until_finish()
     with tf.io.gfile.GFile(output_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return ParityRun(sorted(rows, key=lambda r: r["endpoint"]), _metrics(result))
+        rows = [CheckRow.from_json(json.loads(line)) for line in f if line.strip()]
+    return ParityRun(sorted(rows, key=lambda r: r.endpoint), _metrics(result))
 
 
 def local_workers(beam_pipeline_args: Optional[List[str]] = None) -> Optional[int]:
@@ -636,8 +627,6 @@ def local_workers(beam_pipeline_args: Optional[List[str]] = None) -> Optional[in
     The DirectRunner's multi_processing mode starts `direct_num_workers` processes
     (0: one per core), each with its own copies; its in-process modes share one.
     """
-    from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                      StandardOptions)
     options = PipelineOptions(beam_pipeline_args or [])
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "direct"):
@@ -649,15 +638,14 @@ def local_workers(beam_pipeline_args: Optional[List[str]] = None) -> Optional[in
 
 
 def run(job: ParityJob, example_files: List[str], output_path: str,
-        beam_pipeline_args: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-    """`run_job`'s report rows, one per endpoint: {"check": "parity_split",
-    "endpoint", "passed", "detail", ...counts, max diffs, mismatch_examples}."""
+        beam_pipeline_args: Optional[List[str]] = None) -> List[CheckRow]:
+    """`run_job`'s report rows, one per endpoint: a `SplitParityRow` (a plain
+    `CheckRow` for an endpoint the job skipped)."""
     return run_job(job, example_files, output_path, beam_pipeline_args).rows
 
 
 def _metrics(result) -> Dict[str, Any]:
     """The job's committed metrics in METRICS_NAMESPACE (and its handlers' namespaces)."""
-    from apache_beam.metrics.metric import MetricsFilter
     out: Dict[str, Any] = {}
     queried = result.metrics().query(MetricsFilter())
     for kind, results in queried.items():

@@ -32,7 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from export_archive import contract, describe, rest
+from export_archive.saved_model_io import read_prediction_logs, request_of, signature_name
 from export_archive.constants import WARMUP_FILE
+from export_archive.rows import failures
 from export_archive.writer import ExportResult
 
 # The name the examples call the model by; TF Serving's --model_name.
@@ -152,7 +154,7 @@ def verdict(result: Optional[ExportResult], contract_json: Mapping[str, Any],
         check_word = check = "passed"
     else:
         check_word = "FAILED"
-        failed = sum(1 for c in result.checks if not c.get("passed"))
+        failed = len(failures(result.checks))
         check = f"FAILED ({failed} failed, mode warn: exported anyway)"
     breaking = bool(contract_json.get("breaking"))
     status = STATUS_WARNING if result.check_passed is False or breaking else STATUS_OK
@@ -230,12 +232,11 @@ def _warmup_instances(export_dir: str) -> Dict[str, Any]:
     path = os.path.join(export_dir, WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return {}
-    from export_archive.check import read_prediction_logs
     instances = {}
     for log in read_prediction_logs(path):
         kind = log.WhichOneof("log_type")
-        request = getattr(log, kind).request
-        name = request.model_spec.signature_name or "serving_default"
+        request = request_of(log)
+        name = signature_name(log)
         if name in instances:
             continue
         if kind == "predict_log":

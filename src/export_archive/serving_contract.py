@@ -55,18 +55,33 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 from tensorflow_serving.apis import prediction_log_pb2
 
-SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-PREDICT = "tensorflow/serving/predict"
-CLASSIFY = "tensorflow/serving/classify"
-REGRESS = "tensorflow/serving/regress"
+
+
+def _load_constants():
+    """The package's `constants.py` (standard library only), loaded by its path under
+    a private name: importing it as `export_archive.constants` would run the
+    package's __init__, which pulls in the exporter this process must not hold."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "constants.py")
+    spec = importlib.util.spec_from_file_location("_serving_contract_constants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CONSTANTS = _load_constants()
+SERVE_TAG = _CONSTANTS.SERVE_TAG
+DEFAULT_SIGNATURE = _CONSTANTS.DEFAULT_SIGNATURE
+WARMUP_FILE = _CONSTANTS.WARMUP_FILE
+PREDICT, CLASSIFY, REGRESS = (_CONSTANTS.METHOD_NAMES[m] for m in ("predict", "classify",
+                                                                  "regress"))
 # TensorProto cannot carry these in a PredictResponse.
 UNSERVABLE_DTYPES = {types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, types_pb2.DT_INVALID}
 # Set in a process forked from the CLI (contract_process): the modules it inherited.
 INHERITED_MODULES = frozenset()
 
 
+# The rows are JSON (this process's result file); the exporter reads them into its
+# `rows.CheckRow` type, which this script cannot import.
 def result(check, passed, detail="", endpoint=""):
     return {"check": check, "endpoint": endpoint, "passed": bool(passed), "detail": detail}
 
@@ -268,12 +283,13 @@ def run_requests(sess, meta_graph, logs, latency_runs):
             (a == b).all() if a.dtype.kind in "OSUb" else
             bool(((a == b) | ((a != a) & (b != b))).all()) for a, b in zip(first, second))
         times.sort()
-        detail = {"batch": batch, "deterministic": deterministic}
+        # The fields of `rows.Latency`.
+        latency = {"batch": batch, "deterministic": deterministic}
         if times:
-            detail.update({"p50_ms": 1000 * times[len(times) // 2],
-                           "p99_ms": 1000 * times[min(len(times) - 1,
-                                                      int(0.99 * len(times)))]})
-        out.append(result("run", True, json.dumps(detail), name))
+            latency.update({"p50_ms": 1000 * times[len(times) // 2],
+                            "p99_ms": 1000 * times[min(len(times) - 1,
+                                                       int(0.99 * len(times)))]})
+        out.append({**result("run", True, endpoint=name), "latency": latency})
         response_log = prediction_log_pb2.PredictionLog()
         response_log.predict_log.request.model_spec.signature_name = name
         for key, value in zip(keys, first):

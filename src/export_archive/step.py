@@ -34,10 +34,13 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import tensorflow as tf
 from absl import logging
 
-from export_archive import contract, contract_process, memory, publish, report, writer
+from export_archive import (check, contract, contract_process, examples, memory, publish, report,
+                            writer)
 from export_archive.config import ExportConfig
+from export_archive.rows import failure_lines
 
 # The outcome's names, the same for TFX custom properties and KFP artifact metadata.
 PUBLISHED = "published"                    # 1 when the SavedModel was written, else 0
@@ -75,7 +78,6 @@ def blessing_of_artifact(uri: str, properties: Dict[str, Any], path: Optional[st
             raise ValueError(
                 f"{name}: the artifact at {uri} has `blessed` = {value!r}. allowed: 1 "
                 "(blessed) or 0. fix: connect the Evaluator's `blessing` output.") from None
-    import tensorflow as tf
     # Evaluator's files; InfraValidator writes INFRA_-prefixed ones.
     for marker, blessed in (("BLESSED", True), ("NOT_BLESSED", False),
                             ("INFRA_BLESSED", True), ("INFRA_NOT_BLESSED", False)):
@@ -139,9 +141,7 @@ class Outcome:
             return None
         if self.result.check_passed:
             return "passed"
-        from export_archive.check import failure_line
-        failures = [failure_line(c) for c in self.result.checks if not c["passed"]]
-        return "failed: " + " | ".join(failures)
+        return "failed: " + " | ".join(failure_lines(self.result.checks))
 
     def properties(self) -> Dict[str, Union[int, str]]:
         """The outcome as flat properties (TFX custom properties, KFP metadata)."""
@@ -192,7 +192,6 @@ def run(step: ExportStep) -> Outcome:
 
     example_builder = step.example_builder
     if example_builder is None and (step.schema_path or step.transform_graph_path):
-        from export_archive import examples   # imports TFT: only for tf_example endpoints
         example_builder = examples.ExampleEndpointBuilder(
             schema_path=step.schema_path, transform_graph_path=step.transform_graph_path,
             example_files=list(step.example_files) or None)
@@ -232,7 +231,7 @@ def _parity_preflight(config: ExportConfig, step: ExportStep, example_builder):
     if not (_split_parity_wanted(step, example_builder)
             and contract_process.check_wanted(config, step.check)):
         return None
-    from export_archive import parity_beam   # imports Beam: only when used
+    from export_archive import parity_beam   # imports Apache Beam: only when split parity runs
     workers = parity_beam.local_workers(list(step.beam_pipeline_args))
     if workers is None:
         return None
@@ -250,7 +249,7 @@ def _not_published(config: ExportConfig, reason: str, step: ExportStep,
 def _split_parity(outcome: Outcome, step: ExportStep, example_files: List[str]) -> None:
     """Parity over the whole split, on the published directory (which Dataflow
     workers can read on gs://)."""
-    from export_archive import check, parity_beam   # imports Beam: only when used
+    from export_archive import parity_beam   # imports Apache Beam: only when split parity runs
     config, result = outcome.config, outcome.result
     job = parity_beam.ParityJob(
         export_dir=result.output_dir, model_path=os.fspath(step.model),
@@ -263,10 +262,9 @@ def _split_parity(outcome: Outcome, step: ExportStep, example_files: List[str]) 
                            os.path.join(scratch, "split_parity.jsonl"),
                            list(step.beam_pipeline_args))
     result.checks.extend(rows)
-    if any(not r["passed"] for r in rows):
+    if any(not r.passed for r in rows):
         result.check_passed = False
         if config.check_dict.get("mode", "fail") == "fail":
-            import tensorflow as tf
             tf.io.gfile.rmtree(result.output_dir)
             raise check.CheckFailed(check.CheckReport(result.checks))
 

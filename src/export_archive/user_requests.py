@@ -34,7 +34,10 @@ The first supplied request of an endpoint is sent as it is (and is its warmup
 request), and again resized to batch 64 (inputs repeated along the batch
 dimension). A `requests` check row per endpoint names the source.
 
-Parsing the config entries (`parse_entries`) imports no TensorFlow.
+Parsing the config entries (`parse_entries`, `parse_flags`, `with_flag_requests`)
+imports no TensorFlow: the CLI does it before the check's process is forked from
+its own (`contract_process`), so TensorFlow is imported inside the functions that
+read the sources. Which request each signature gets is `check.choose`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from export_archive import rest
+from export_archive.config import ExportConfig
+from export_archive.constants import DEFAULT_SIGNATURE
 from export_archive.errors import ConfigError
+from export_archive.rows import CheckRow
 
 FORMATS = ("warmup", "rest", "examples")
 REST_METHODS = ("predict", "classify", "regress")
@@ -150,7 +157,6 @@ def parse_flags(values: List[str], flag: str = "--requests") -> List[Dict[str, s
 def with_flag_requests(config, values: List[str]):
     """`config` (an ExportConfig) with the ``--requests`` sources before its own
     `check.requests` entries (so that they win)."""
-    from export_archive.config import ExportConfig
     document = config.to_dict()
     check = document.setdefault("check", {})
     check["requests"] = parse_flags(values) + check.get("requests", [])
@@ -176,7 +182,7 @@ class Supplied:
 
 
 def _files(pattern: str, where: str) -> List[str]:
-    import tensorflow as tf
+    import tensorflow as tf   # not at the top: see the module docstring
     try:
         if tf.io.gfile.isdir(pattern):
             # An ExampleGen Examples artifact: its eval split, else its train split.
@@ -201,9 +207,8 @@ def _files(pattern: str, where: str) -> List[str]:
 
 def load(entries, export_dir: str) -> Supplied:
     """Reads every `check.requests` source against the export at `export_dir`."""
-    from export_archive import describe
-    meta_graph = describe.serve_meta_graph(describe.read_saved_model_proto(export_dir))
-    signatures = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
+    from export_archive import saved_model_io   # imports TensorFlow: see the module docstring
+    signatures = saved_model_io.signature_defs(saved_model_io.read_serve_meta_graph(export_dir))
     supplied = Supplied({}, [])
     for i, entry in enumerate(entries):
         entry = dict(entry)
@@ -228,22 +233,17 @@ def load(entries, export_dir: str) -> Supplied:
 def _signature_of(log) -> str:
     request = getattr(log, log.WhichOneof("log_type")).request
     if not request.model_spec.signature_name:
-        request.model_spec.signature_name = "serving_default"
+        request.model_spec.signature_name = DEFAULT_SIGNATURE
     return request.model_spec.signature_name
 
 
 def _read_warmup(files, entry, where, signatures):
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
-    from tensorflow_serving.apis import prediction_log_pb2
+    from export_archive import saved_model_io   # imports TensorFlow: see the module docstring
     count = 0
     for path in files:
         compression = "GZIP" if path.endswith(".gz") else None
         try:
-            for j, record in enumerate(tf.data.TFRecordDataset(path,
-                                                               compression_type=compression)):
-                log = prediction_log_pb2.PredictionLog()
-                log.ParseFromString(record.numpy())
+            for j, log in enumerate(saved_model_io.iter_prediction_logs(path, compression)):
                 kind = log.WhichOneof("log_type")
                 if kind not in ("predict_log", "classify_log", "regress_log"):
                     raise RequestsError(where, f"record {j} of {path} is "
@@ -257,7 +257,7 @@ def _read_warmup(files, entry, where, signatures):
                                         entry["path"], f"at most {MAX_RECORDS} (TF Serving "
                                         "reads no more)", "keep a few requests per signature")
                 yield log, f"the warmup file {path} ({where})"
-        except (tf.errors.OpError, DecodeError) as e:
+        except saved_model_io.RECORD_ERRORS as e:
             raise RequestsError(where, f"{path} does not read as TFRecords of TF Serving "
                                 f"PredictionLogs ({type(e).__name__})", entry["path"],
                                 "a TFRecord file of tensorflow_serving.apis PredictionLog "
@@ -266,7 +266,7 @@ def _read_warmup(files, entry, where, signatures):
 
 
 def _bodies(path: str):
-    import tensorflow as tf
+    import tensorflow as tf   # not at the top: see the module docstring
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     if path.endswith(".jsonl"):
@@ -278,8 +278,8 @@ def _bodies(path: str):
 
 
 def _read_rest(files, entry, where, signatures):
+    # imports TensorFlow: not at the top, see the module docstring
     from tensorflow_serving.apis import prediction_log_pb2
-    from export_archive import rest
     method = entry.get("method", "predict")
     endpoint = entry.get("endpoint")
     if endpoint is not None and endpoint not in signatures:
@@ -320,7 +320,7 @@ def _read_rest(files, entry, where, signatures):
 
 def _record_reader(files: List[str], where: str):
     def read(count: int) -> List[bytes]:
-        import tensorflow as tf
+        import tensorflow as tf   # not at the top: see the module docstring
         compression = "GZIP" if files[0].endswith(".gz") else None
         try:
             records = [r.numpy() for r in tf.data.TFRecordDataset(
@@ -337,99 +337,27 @@ def _record_reader(files: List[str], where: str):
     return read
 
 
-# ---- choosing each signature's requests
-
-
-def choose(export_dir: str, supplied: Optional[Supplied], example_source, small_batch: int,
-           large_batch: int, seeds=(1, 2)):
-    """(small, large, origins): one request per signature at each batch size, taken
-    from `supplied`, else the exporter's `example_source`, else synthesized."""
-    from export_archive import check
-    supplied = supplied or Supplied({}, [])
-    candidates = [(read, o, e) for o, read, e in supplied.examples] + (
-        [(example_source, ORIGIN_EXAMPLES_INPUT, None)] if example_source is not None else [])
-    plain = {size: check.build_requests(export_dir, None, size, seed=seed)
-             for size, seed in zip((small_batch, large_batch), seeds)}
-    small, large = list(plain[small_batch]), list(plain[large_batch])
-    names = [_signature_of(log) for log in small]
-    origins = {name: ORIGIN_SYNTHESIZED for name in names}
-    taken = set()
-    aliases = _aliases(export_dir)
-    for i, name in enumerate(names):
-        found = [(name, entry) for entry in supplied.logs.get(name, [])[:1]] or [
-            (alias, supplied.logs[alias][0]) for alias in aliases.get(name, ())
-            if alias in supplied.logs][:1]
-        if found:
-            (alias, (log, origin)), = found
-            if alias != name:   # serving_default and its endpoint take the same requests
-                log = _renamed(log, name)
-                origin = f"{origin}, as for {alias!r}, which it aliases"
-            small[i], large[i] = log, check._resized(log, large_batch)
-            origins[name] = origin
-            taken.add(name)
-    for source, origin, endpoint in candidates:
-        with_examples = {size: check.build_requests(export_dir, source, size, seed=seed)
-                         for size, seed in zip((small_batch, large_batch), seeds)}
-        for i, name in enumerate(names):
-            if name in taken or (endpoint is not None and endpoint != name):
-                continue
-            built = with_examples[small_batch][i]
-            # Same seed: a request that differs from the synthesized one used the records.
-            if built.SerializeToString() != plain[small_batch][i].SerializeToString():
-                small[i], large[i] = built, with_examples[large_batch][i]
-                origins[name] = origin
-                taken.add(name)
-    return small, large, origins
-
-
-def _aliases(export_dir: str) -> Dict[str, List[str]]:
-    """serving_default <-> the signatures it aliases (same method, inputs, outputs)."""
-    from export_archive import describe
-    sigs = {sig.name: sig for sig in describe.describe(export_dir)}
-    default = sigs.get("serving_default")
-    if default is None:
-        return {}
-    key = lambda sig: (sig.method_name, sig.inputs, sig.outputs)  # noqa: E731
-    same = [n for n, sig in sigs.items() if n != "serving_default" and key(sig) == key(default)]
-    out = {n: ["serving_default"] for n in same}
-    out["serving_default"] = same
-    return out
-
-
-def _renamed(log, name: str):
-    from tensorflow_serving.apis import prediction_log_pb2
-    out = prediction_log_pb2.PredictionLog()
-    out.CopyFrom(log)
-    getattr(out, out.WhichOneof("log_type")).request.model_spec.signature_name = name
-    return out
-
-
-def request_rows(origins: Dict[str, str]) -> List[Dict[str, Any]]:
-    return [{"check": "requests", "endpoint": name, "passed": True, "detail": f"from {origin}"}
-            for name, origin in origins.items()]
+# ---- what the check made of synthesized requests
 
 
 def decode_ops(export_dir: str) -> List[str]:
     """The byte-decoding ops (DECODE_OPS) in the export's serve graph."""
-    from export_archive import describe
-    meta_graph = describe.serve_meta_graph(describe.read_saved_model_proto(export_dir))
-    ops = {n.op for n in meta_graph.graph_def.node}
-    for function in meta_graph.graph_def.library.function:
-        ops.update(n.op for n in function.node_def)
+    from export_archive import saved_model_io   # imports TensorFlow: see the module docstring
+    ops = saved_model_io.graph_ops(saved_model_io.read_serve_meta_graph(export_dir))
     return sorted(ops & DECODE_OPS)
 
 
-def not_exercised(runs: List[Dict[str, Any]], origins: Dict[str, str],
+def not_exercised(runs: List[CheckRow], origins: Dict[str, str],
                   export_dir: str) -> Dict[str, str]:
     """signature -> why it was not exercised: its requests were synthesized, it takes
     a string input, and its run failed with InvalidArgumentError in a graph that
     decodes bytes (the synthesized empty strings are no image, CSV, ...)."""
-    failed = {r["endpoint"] for r in runs if not r["passed"]
-              and origins.get(r["endpoint"]) == ORIGIN_SYNTHESIZED
-              and r["detail"].startswith("InvalidArgumentError")}
+    failed = {r.endpoint for r in runs if not r.passed
+              and origins.get(r.endpoint) == ORIGIN_SYNTHESIZED
+              and r.detail.startswith("InvalidArgumentError")}
     if not failed:
         return {}
-    from export_archive import describe
+    from export_archive import describe   # imports TensorFlow: see the module docstring
     takes_strings = {s.name for s in describe.describe(export_dir)
                      if any(t.startswith("string[") for t in s.inputs.values())}
     failed &= takes_strings
@@ -440,7 +368,7 @@ def not_exercised(runs: List[Dict[str, Any]], origins: Dict[str, str],
         return {}
     out = {}
     for name in sorted(failed):
-        detail = next(r["detail"] for r in runs if r["endpoint"] == name and not r["passed"])
+        detail = next(r.detail for r in runs if r.endpoint == name and not r.passed)
         out[name] = (f"{NOT_EXERCISED}: the synthesized string inputs (empty bytes) cannot "
                      f"feed its {', '.join(ops)} ({_summary(detail)}); add a "
                      f"`{FIELD}` entry (a warmup file or REST bodies, docs/requests.md) or "
@@ -457,10 +385,9 @@ def _summary(detail: str) -> str:
     return text + (f" at node {nodes[0]}" if nodes else "")
 
 
-def apply_not_exercised(results: List[Dict[str, Any]], runs: List[Dict[str, Any]],
-                        skipped: Dict[str, str]) -> List[Dict[str, Any]]:
+def apply_not_exercised(results: List[CheckRow], runs: List[CheckRow],
+                        skipped: Dict[str, str]) -> List[CheckRow]:
     """`runs` without the failures of the `skipped` signatures, whose passing
     "not exercised" rows go to `results`."""
-    results.extend({"check": "run", "endpoint": name, "passed": True, "detail": why}
-                   for name, why in skipped.items())
-    return [r for r in runs if r["endpoint"] not in skipped]
+    results.extend(CheckRow("run", name, True, why) for name, why in skipped.items())
+    return [r for r in runs if r.endpoint not in skipped]

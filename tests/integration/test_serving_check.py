@@ -131,7 +131,8 @@ from export_archive import check
 import keras  # the exporter imports Keras after the fork, unhindered
 requests = check.build_requests(sys.argv[1], None, check.SMALL_BATCH)
 data = check.run_contract(sys.argv[1], requests)
-print(json.dumps({"forked": forked, "keras": keras.__version__, "results": data["results"],
+print(json.dumps({"forked": forked, "keras": keras.__version__,
+                  "results": [row.to_json() for row in data["results"]],
                   "foreign_modules": data["foreign_modules"]}), flush=True)
 contract_process.prestart_for(None, True)
 print(json.dumps({"waiting_pid": contract_process._waiting.proc.pid}), flush=True)

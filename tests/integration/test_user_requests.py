@@ -16,7 +16,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 import export_archive
-from export_archive import check, cli, report, servable_outputs, user_requests
+from export_archive import (check, cli, report, saved_model_io, servable_outputs,
+                            user_requests)
 from helpers import request_models as rm
 
 pytestmark = pytest.mark.integration
@@ -89,7 +90,7 @@ def test_warmup_file_requests_exercise_a_jpeg_endpoint(model, keras_file, tmp_pa
     assert rows(result["checks"], "parity")["serve"]["passed"]
     # The warmup file holds the user's request as given, for both signatures.
     logs = read_warmup(out)
-    assert sorted(check._signature_name(log) for log in logs) == ["serve", "serving_default"]
+    assert sorted(saved_model_io.signature_name(log) for log in logs) == ["serve", "serving_default"]
     sent = tf.make_ndarray(logs[0].predict_log.request.inputs["image_bytes"])
     assert list(sent) == jpegs
     assert_round_trip(model, out)
@@ -117,7 +118,7 @@ def test_rest_bodies_exercise_a_jpeg_endpoint(model, tmp_path):
     assert rows(result.checks, "parity")["serve"]["detail"].startswith("max abs diff")
     markdown = report.to_markdown(result, export_archive.ExportConfig.parse(config))
     assert f"from the REST body {bodies} line 1" in markdown
-    (log,) = [l for l in read_warmup(out) if check._signature_name(l) == "serve"]
+    (log,) = [l for l in read_warmup(out) if saved_model_io.signature_name(l) == "serve"]
     assert len(tf.make_ndarray(log.predict_log.request.inputs["image_bytes"])) == 3
     assert_round_trip(model, out)
 
@@ -282,7 +283,7 @@ def test_example_records_feed_endpoints_whose_inputs_are_their_features(tmp_path
     assert origin["serve"]["detail"] == (f"from the tf.Examples of {tmp_path}/*.tfrecord "
                                          "(check.requests[0])")
     assert origin["serving_default"]["detail"] == f"from {user_requests.ORIGIN_SYNTHESIZED}"
-    (log,) = [l for l in read_warmup(out) if check._signature_name(l) == "serve"]
+    (log,) = [l for l in read_warmup(out) if saved_model_io.signature_name(l) == "serve"]
     np.testing.assert_allclose(tf.make_ndarray(log.predict_log.request.inputs["features"]),
                                values[:1])
     served = tf.saved_model.load(out).signatures["serve"](features=tf.constant(values))
