@@ -39,6 +39,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import tensorflow as tf
 from absl import logging
 
+from export_archive import saved_model_io
+
 
 def unwrap_variable(variable: Any) -> Any:
     """Returns the `tf.Variable` behind a Keras 3 variable (itself otherwise)."""
@@ -312,20 +314,15 @@ def set_method_names(export_dir: str, method_names: Dict[str, str]) -> None:
     Classify and Regress APIs only accept signatures with their own method name.
     Called on the staging directory, before the export becomes visible.
     """
-    from export_archive import describe
-    proto = describe.read_saved_model_proto(export_dir)
-    meta_graph = describe.serve_meta_graph(proto)
+    proto = saved_model_io.read_saved_model_proto(export_dir)
+    meta_graph = saved_model_io.serve_meta_graph(proto)
     for name, method in method_names.items():
         meta_graph.signature_def[name].method_name = method
-    with tf.io.gfile.GFile(f"{export_dir}/saved_model.pb", "wb") as f:
-        f.write(proto.SerializeToString())
-    # fingerprint.pb holds a checksum of saved_model.pb: recompute it the way
-    # tf.saved_model.save does, so loaders that read it see a consistent model.
-    from tensorflow.python.saved_model import fingerprinting_utils
-    fingerprinting_utils.write_fingerprint(export_dir)
+    saved_model_io.write_saved_model_proto(export_dir, proto)   # and its fingerprint
 
 
 def _keras3_archive_class():
+    # Keras 3 or tf_keras, whichever the model is: either may be missing.
     import keras
 
     class Keras3ExportArchive(_ArchiveBase):
@@ -344,6 +341,7 @@ def _keras3_archive_class():
 
 
 def _tf_keras_archive_class():
+    # Keras 3 or tf_keras, whichever the model is: either may be missing.
     import tf_keras
 
     class TfKerasExportArchive(_ArchiveBase):

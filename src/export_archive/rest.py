@@ -60,6 +60,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from export_archive.constants import DEFAULT_SIGNATURE
+
 B64_KEY = "b64"
 BYTES_SUFFIX = "_bytes"
 
@@ -77,8 +79,6 @@ ERROR_KEY = "error"
 # Request formats: `instances` (row) or `inputs` (columnar); the answer mirrors it.
 ROW = "row"
 COLUMNAR = "columnar"
-
-DEFAULT_SIGNATURE = "serving_default"
 
 # absl status code name -> HTTP status, as TF Serving's http_server.cc maps them.
 HTTP_STATUS = {
@@ -727,6 +727,7 @@ class PredictRequest:
 
     def to_proto(self, model_name: str = "model"):
         """The gRPC PredictRequest TF Serving builds from this body."""
+        # TensorFlow and its protos on use only: the JSON rules need numpy alone.
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
         request = predict_pb2.PredictRequest()
@@ -997,12 +998,14 @@ def _fill_examples(body, request):
 def parse_classify_request(body: Union[str, bytes, Mapping[str, Any]]):
     """A REST :classify body -> tensorflow_serving ClassificationRequest (its
     model_spec holds only the signature name)."""
+    # TF Serving's protos (they import TensorFlow) on use only: see PredictRequest.to_proto.
     from tensorflow_serving.apis import classification_pb2
     return _fill_examples(body, classification_pb2.ClassificationRequest())
 
 
 def parse_regress_request(body: Union[str, bytes, Mapping[str, Any]]):
     """A REST :regress body -> tensorflow_serving RegressionRequest."""
+    # TF Serving's protos (they import TensorFlow) on use only: see PredictRequest.to_proto.
     from tensorflow_serving.apis import regression_pb2
     return _fill_examples(body, regression_pb2.RegressionRequest())
 
@@ -1055,7 +1058,7 @@ _WRITE_KINDS = {"float": "float", "double": "double", "int32": "int", "int16": "
 
 def _as_array(tensor: Any) -> np.ndarray:
     if hasattr(tensor, "tensor_shape") and hasattr(tensor, "dtype"):   # a TensorProto
-        import tensorflow as tf
+        import tensorflow as tf   # only for a TensorProto, which implies TF is loaded
         return tf.make_ndarray(tensor)
     return np.asarray(tensor)
 

@@ -25,6 +25,7 @@ so the config can validate the field where a pipeline is defined.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from export_archive.errors import ConfigError
+from export_archive.rows import CheckRow
 
 FIELD = "serving_runtime"
 FLAG_PATH = "serving_runtime (--serving-runtime)"
@@ -95,7 +97,6 @@ def parse_serving_runtime(value: Any, path: str = FIELD) -> str:
 
 def with_serving_runtime(config, value: Any):
     """`config` (an `ExportConfig`) with `serving_runtime` replaced by the CLI flag's."""
-    import dataclasses
     return dataclasses.replace(config, serving_runtime=parse_serving_runtime(value, FLAG_PATH))
 
 
@@ -113,6 +114,7 @@ def load_registry(version: str) -> Dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _parse_default(text: str):
+    # TensorFlow's protos: imported on use, this module's import (config's) stays light.
     from google.protobuf import text_format
     from tensorflow.core.framework import attr_value_pb2
     return text_format.Parse(text, attr_value_pb2.AttrValue())
@@ -127,6 +129,7 @@ def _exporter_attr_default(op: str, attr: str, exporter_version: Optional[str]):
             if attr not in attrs:
                 return False, None
             return True, (_parse_default(attrs[attr]) if attrs[attr] is not None else None)
+    # Imports TensorFlow: on use only, this module's import (config's) stays light.
     from tensorflow.python.framework import op_def_registry
     op_def = op_def_registry.get(op)
     for a in (op_def.attr if op_def is not None else ()):
@@ -210,27 +213,27 @@ def _attr_problem(op: str, attr: str, value, runtime_attrs: Dict[str, Any],
             "is not declared by the exporting TF's op either")
 
 
-def check_rows(export_dir: str, runtime: Optional[str]) -> List[Dict[str, Any]]:
+def check_rows(export_dir: str, runtime: Optional[str]) -> List[CheckRow]:
     """The serving check's `runtime` rows: none without a `serving_runtime` (the
     contract process already checks the ops against the exporting TF)."""
     return check_export(export_dir, runtime) if runtime else []
 
 
-def check_export(export_dir: str, runtime: str) -> List[Dict[str, Any]]:
+def check_export(export_dir: str, runtime: str) -> List[CheckRow]:
     """Check rows for `export_dir` against `runtime`'s registry (`check_meta_graph`)."""
-    from export_archive.sources import SourceError, check_saved_model_proto
-    proto = check_saved_model_proto(export_dir)
-    meta_graphs = [m for m in (proto.meta_graphs if proto is not None else ())
-                   if "serve" in m.meta_info_def.tags]
-    if not meta_graphs:
-        raise SourceError(export_dir, "has no saved_model.pb MetaGraph tagged `serve` to "
-                          "check against the serving_runtime", allowed="a SavedModel "
-                          "written by TensorFlow's SavedModel writer (binary saved_model.pb)",
-                          fix="export the model again")
-    return check_meta_graph(meta_graphs[0], runtime)
+    # Imports TensorFlow: kept out of this module's import, which config makes.
+    from export_archive import saved_model_io
+    meta_graph = saved_model_io.find_serve_meta_graph(
+        saved_model_io.check_saved_model_proto(export_dir))
+    if meta_graph is None:
+        raise saved_model_io.SourceError(
+            export_dir, "has no saved_model.pb MetaGraph tagged `serve` to check against "
+            "the serving_runtime", allowed="a SavedModel written by TensorFlow's SavedModel "
+            "writer (binary saved_model.pb)", fix="export the model again")
+    return check_meta_graph(meta_graph, runtime)
 
 
-def check_meta_graph(meta_graph, runtime: str) -> List[Dict[str, Any]]:
+def check_meta_graph(meta_graph, runtime: str) -> List[CheckRow]:
     """Check rows for a `serve` MetaGraph against `runtime`'s registry: one passing
     row, or one failing row per op (or op attr) the runtime lacks, naming the
     signatures that use it, the TF versions that register it and the fix."""
@@ -272,7 +275,7 @@ def check_meta_graph(meta_graph, runtime: str) -> List[Dict[str, Any]]:
         if ignored:
             detail += ("; informational attrs it lacks and drops at load: "
                        + ", ".join(sorted(ignored)))
-        return [{"check": CHECK_NAME, "endpoint": "", "passed": True, "detail": detail}]
+        return [CheckRow(CHECK_NAME, "", True, detail)]
     rows = []
     for (op, attr), sigs in sorted(missing.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         having = _versions_having(op, attr)
@@ -292,13 +295,12 @@ def check_meta_graph(meta_graph, runtime: str) -> List[Dict[str, Any]]:
         if not having and attr is None:
             fix = ("load the op library the op comes from into the server, or build the "
                    f"model without what uses {op!r}")
-        rows.append({"check": CHECK_NAME, "endpoint": ", ".join(sorted(sigs)), "passed": False,
-                     "detail": f"{FIELD}: {what} {problem} {label}; {has_text}. "
-                               + (f"TF Serving {runtime} would fail to load the model (\"Op "
-                                  "type not registered\")" if attr is None else
-                                  f"TF Serving {runtime} would drop the attr and run the op "
-                                  "as if it had its default")
-                               + f". Fix: {fix}."})
+        consequence = (f"TF Serving {runtime} would fail to load the model (\"Op type not "
+                       "registered\")" if attr is None else f"TF Serving {runtime} would drop "
+                       "the attr and run the op as if it had its default")
+        rows.append(CheckRow(CHECK_NAME, ", ".join(sorted(sigs)), False,
+                             f"{FIELD}: {what} {problem} {label}; {has_text}. {consequence}. "
+                             f"Fix: {fix}."))
     return rows
 
 

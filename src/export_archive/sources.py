@@ -15,7 +15,9 @@ training mode, the model's input signature and its variable sources.
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import zipfile
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -35,13 +37,16 @@ KERAS_FILE_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
+# Keras 3 and tf_keras are imported for the flavor in use only: either may be missing.
+
+
 def _is_keras3(obj: Any) -> bool:
-    import keras
+    import keras  # optional (see above)
     return isinstance(obj, keras.layers.Layer)
 
 
 def _is_tf_keras(obj: Any) -> bool:
-    import tf_keras
+    import tf_keras  # optional (see above)
     return isinstance(obj, tf_keras.layers.Layer)
 
 
@@ -145,7 +150,7 @@ class ModelSource:
             self._refuse_uncalled_subclassed(where)
         try:
             if self.flavor == KERAS3:
-                from keras.src.export import export_utils
+                from keras.src.export import export_utils   # Keras 3: optional
                 sig = export_utils.get_input_signature(self.obj)
                 names = self._input_layer_names()
                 return tf.nest.map_structure(
@@ -178,6 +183,7 @@ class ModelSource:
         process, so one loaded from a .keras file has none (stock `model.export()`
         fails too: "The model provided has never called"). Say so in the user's
         terms, with the shapes Keras did record at build time as the fix."""
+        # Keras 3 (optional): imported for a Keras 3 model only.
         import keras
         from keras.src.models.functional import Functional
         model = self.obj
@@ -466,7 +472,6 @@ def _check_file(path: str, flavor: str) -> None:
 
 
 def _check_keras_file(path: str) -> None:
-    import zipfile
     _check_file(path, KERAS3)
     try:
         with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as archive:
@@ -629,7 +634,7 @@ def load(path: str, config: ExportConfig) -> ModelSource:
             model = keras.saving.load_model(model_path, safe_mode=safe_mode)
             return ModelSource(model, KERAS3, model_path)
         if flavor == TF_KERAS or keras2_dir:
-            import tf_keras
+            import tf_keras   # optional: the flavor's Keras only
             model = tf_keras.models.load_model(model_path, safe_mode=safe_mode)
             if not _is_tf_keras(model):
                 # A damaged keras_metadata.pb can parse partly: tf_keras then revives
@@ -691,15 +696,14 @@ def _refuse_python_bytecode(model_path: str) -> None:
 
 
 def _tf_keras_configs(model_path: str) -> List[Any]:
-    import json
     try:
         if model_path.endswith(H5_SUFFIXES):
-            import h5py
+            import h5py   # tf_keras's HDF5 reader: optional, as tf_keras is
             with tf.io.gfile.GFile(model_path, "rb") as f, h5py.File(f, "r") as h5:
                 raw = h5.attrs.get("model_config")
             raw = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             return [json.loads(raw)] if raw else []
-        from tf_keras.protobuf import saved_metadata_pb2
+        from tf_keras.protobuf import saved_metadata_pb2   # tf_keras: optional
         metadata = saved_metadata_pb2.SavedMetadata()
         with tf.io.gfile.GFile(os.path.join(model_path, "keras_metadata.pb"), "rb") as f:
             metadata.ParseFromString(f.read())
