@@ -30,7 +30,13 @@ import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-# Light (absl only): the flags' defaults, without TFX.
+# Light (absl and the config, no TFX, no TensorFlow). TFX, KFP and the pipeline are
+# imported in the functions that need them: after --keras 2 has set
+# TF_USE_LEGACY_KERAS, which must precede the first TensorFlow import.
+from export_archive.components.kfp.vertex import default_serving_runtime
+from export_archive.components.tfx import kfp_v2_entrypoint
+from export_archive.config import ExportConfig
+from export_archive.pipelines import vertex
 from export_archive.pipelines.vertex import DEFAULT_MACHINE_TYPE
 
 # The penguin CSV ships in the component image here (deploy/Dockerfile copies it):
@@ -109,7 +115,6 @@ def load_export_config(text_or_path: Optional[str]) -> Optional[Dict[str, Any]]:
     """The --export-config value, validated now (a bad config fails the compile)."""
     if not text_or_path:
         return None
-    from export_archive.config import ExportConfig
     return ExportConfig.parse(text_or_path).to_dict()
 
 
@@ -118,7 +123,7 @@ def resource_spec(cpu: Optional[float] = None, memory_gb: Optional[float] = None
     `component.with_platform_config`), or None if neither limit is set."""
     if cpu is None and memory_gb is None:
         return None
-    from kfp.pipeline_spec import pipeline_spec_pb2
+    from kfp.pipeline_spec import pipeline_spec_pb2   # KFP: see the imports at the top
     spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
     if cpu is not None:
         spec.cpu_limit = cpu
@@ -136,7 +141,7 @@ def build_pipeline(pipeline_root: str, serving_model_dir: Optional[str] = None,
                    pusher: Optional[Callable[..., Any]] = None):
     """create_pipeline for a container: modules from the installed package.
     `pusher`: create_pipeline's push-step factory (vertex.vertex_pusher for Vertex AI)."""
-    from export_archive.pipelines import pipeline as pipeline_module
+    from export_archive.pipelines import pipeline as pipeline_module   # TFX: see the top
     serving_model_dir = (serving_model_dir
                          or pipeline_root.rstrip("/") + "/" + SERVING_MODEL_SUBDIR)
     tfx_pipeline = pipeline_module.create_pipeline(
@@ -154,8 +159,7 @@ def build_pipeline(pipeline_root: str, serving_model_dir: Optional[str] = None,
 def compile_pipeline(tfx_pipeline, image: str, output_dir: str,
                      fmt: str = "json") -> str:
     """Writes the compiled pipeline and returns its path. Never submits."""
-    from tfx import v1 as tfx
-    from export_archive.components.tfx import kfp_v2_entrypoint
+    from tfx import v1 as tfx   # see the imports at the top
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
@@ -175,13 +179,11 @@ def compile_from_flags(argv: Optional[Sequence[str]] = None) -> str:
     pusher = None
     export_config = load_export_config(args.export_config)
     if args.vertex_endpoint:
-        from export_archive.pipelines import vertex
         runtime = None
         if not args.serving_image:
             # ModelExporter's check verifies the export against the TF of the prebuilt
             # image the Pusher deploys it with (see vertex.resolve_serving).
-            from export_archive.components.kfp.vertex import default_serving_runtime
-            from export_archive.pipelines.pipeline import DEFAULT_EXPORT_CONFIG
+            from export_archive.pipelines.pipeline import DEFAULT_EXPORT_CONFIG   # TFX
             export_config = dict(export_config or DEFAULT_EXPORT_CONFIG)
             runtime = export_config.setdefault("serving_runtime", default_serving_runtime(
                 region=vertex.image_region(args.vertex_region)))

@@ -19,11 +19,17 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
 from typing import IO, Iterator, List, Optional, Tuple
 
+from absl import logging as absl_logging
+
+# TensorFlow, TFX, ML Metadata and the component (which imports TFX) are imported in
+# the functions that use them: after `select_keras`, which must precede the first
+# TensorFlow import.
 from export_archive.pipelines import console
 
 # Pusher's custom properties on its PushedModel (private constants of
@@ -272,7 +278,6 @@ def not_pushed_reason(roles: Roles, model, pushed_model, summary: console.Summar
 
 
 def _has_model_server() -> bool:
-    import shutil
     return shutil.which("tensorflow_model_server") is not None
 
 
@@ -311,7 +316,6 @@ def tfx_logging(progress: console.ComponentProgress) -> Iterator[None]:
     Restores the logging set-up on exit, so that main() can run inside another
     program (a test) without taking its handlers away.
     """
-    from absl import logging as absl_logging
     root, absl_logger = logging.getLogger(), logging.getLogger("absl")
     saved = root.handlers[:], root.level, absl_logging.get_verbosity()
     handler = logging.StreamHandler(sys.stderr)

@@ -10,10 +10,13 @@ google-cloud-aiplatform (a TFX dependency), imported only when it is needed.
     'us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest'
 """
 
+import dataclasses
 import re
 from typing import List, Optional, Tuple
 
 from absl import logging
+
+from export_archive.runtimes import FIELD, available, major_minor
 
 # Vertex AI's multi-region Artifact Registry prefixes for its prebuilt images;
 # the same image is in each, the nearest one pulls faster.
@@ -23,7 +26,9 @@ ACCELERATORS = ("cpu", "gpu")
 
 def _tf_major_minor(tf_version: Optional[str]) -> Tuple[int, int]:
     if tf_version is None:
-        import tensorflow as tf   # the TF that exports is the TF the image must serve
+        # The TF that exports is the TF the image must serve (imported here: this
+        # module imports no TensorFlow at module level, see its docstring).
+        import tensorflow as tf
         tf_version = tf.__version__
     match = re.match(r"(\d+)\.(\d+)", tf_version)
     if not match:
@@ -40,7 +45,7 @@ def published_tf_images(region: str = "us",
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator: expected one of {list(ACCELERATORS)}, "
                          f"got {accelerator!r}")
-    from google.cloud.aiplatform.constants import prediction
+    from google.cloud.aiplatform.constants import prediction   # heavy: see the module docstring
     found = []
     for uri in prediction.TF_CONTAINER_URIS:
         match = prediction.CONTAINER_URI_PATTERN.fullmatch(uri)
@@ -65,7 +70,6 @@ def prebuilt_tf_image(tf_version: Optional[str] = None, region: str = "us",
     """
     images = published_tf_images(region, accelerator)
     if serving_runtime is not None:
-        from export_archive.runtimes import FIELD, major_minor
         wanted_text = major_minor(serving_runtime)
         for version, uri in images:
             if f"{version[0]}.{version[1]}" == wanted_text:
@@ -106,7 +110,6 @@ def default_serving_runtime(tf_version: Optional[str] = None, region: str = "us"
         >>> default_serving_runtime("2.16.2")
         '2.15'
     """
-    from export_archive.runtimes import available
     wanted = _tf_major_minor(tf_version)
     known = set(available())
     for version, _ in published_tf_images(region, accelerator):
@@ -130,7 +133,6 @@ def resolve_serving(config, serving_image: str = "", region: str = "us",
     if serving_image:
         return config, serving_image
     if config.serving_runtime is None:
-        import dataclasses
         config = dataclasses.replace(
             config, serving_runtime=default_serving_runtime(None, region, accelerator))
         logging.info("serving_runtime: checking the export against TF %s, the newest "

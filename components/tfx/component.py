@@ -8,7 +8,7 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel_utils, standard_artifacts
 
 from export_archive.components.tfx import executor, spec
-from export_archive.config import SPEC_KINDS, ExportConfig
+from export_archive.config import SPEC_KINDS, ConfigError, ExportConfig
 
 
 class ModelExporter(base_beam_component.BaseBeamComponent):
@@ -138,7 +138,6 @@ def _baseline_inputs(channel: Optional[types.BaseChannel]) -> Dict[str, Any]:
 
 def _check_inputs_for(config, schema, transform_graph, module_file, module_path):
     """Constructor-time checks that need the inputs as well as the config."""
-    from export_archive.config import ConfigError
     if module_file and module_path:
         raise ValueError("ModelExporter: give module_file or module_path, not both.")
     for i, endpoint in enumerate(config.endpoints):

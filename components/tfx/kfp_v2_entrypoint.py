@@ -16,20 +16,23 @@ Steps other than ModelExporter are unaffected: the table only gains entries.
 
 import sys
 
+from absl import app
+
 COMMAND = ["python", "-m", "export_archive.components.tfx.kfp_v2_entrypoint"]
 
 
 def register_artifact_types() -> None:
     """Maps the report's schema title to its class in TFX's title table."""
+    # TFX, imported here: a pipeline definition reads COMMAND without importing it.
     from tfx.orchestration.kubeflow.v2 import compiler_utils
 
-    from export_archive.components.tfx import spec
+    from export_archive.components.tfx import spec   # imports TFX, as above
     for title, class_path in spec.REPORT_TITLE_TO_CLASS_PATH.items():
         compiler_utils.TITLE_TO_CLASS_PATH.setdefault(title, class_path)
 
 
 def main(argv=None) -> None:
-    from absl import app
+    # TFX, imported here as in register_artifact_types.
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
     register_artifact_types()
     # As TFX's own `__main__` block: absl parses its flags, then TFX's parser the rest.
