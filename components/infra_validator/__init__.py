@@ -9,11 +9,14 @@ __all__ = ["InfraValidator", "LocalProcessConfig"]
 
 
 def __getattr__(name):
-    # Lazy, as export_archive's own exports: importing the package costs nothing.
+    # Lazy, as export_archive's own exports: these import TFX (and TensorFlow), which
+    # importing the package must not.
     if name == "InfraValidator":
+        # Imports TFX: on first use (see above).
         from export_archive.components.infra_validator.component import InfraValidator
         return InfraValidator
     if name == "LocalProcessConfig":
+        # Imports TFX too: on first use (see above).
         from export_archive.components.infra_validator.local_process import LocalProcessConfig
         return LocalProcessConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
+import grpc
 from absl import logging
 from tfx import types
 from tfx.components.infra_validator import error_types
@@ -212,7 +213,6 @@ def _mark_not_blessed(blessing: types.Artifact) -> None:
 
 
 def _rpc_error(e: BaseException):
-    import grpc
     while e is not None:
         if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
             return e

@@ -27,7 +27,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
 from export_archive.constants import DEFAULT_SIGNATURE, SERVE_TAG
-from export_archive.describe import read_saved_model_proto
+from export_archive.saved_model_io import dims_text, read_saved_model_proto, signature_defs
 
 # What TFX's request builder can and cannot build requests for, said once: every
 # refusal on a blessing quotes it, and the tests compare with it.
@@ -74,7 +74,7 @@ def _model_refusals(model_name: str, model: types.Artifact,
                 f"{[sorted(m.meta_info_def.tags) for m in proto.meta_graphs]}); fix: set "
                 "RequestSpec.tensorflow_serving.tag_set to one of them"]
     signatures = meta_graphs[0].signature_def
-    available = sorted(k for k in signatures if not k.startswith("__"))
+    available = sorted(signature_defs(meta_graphs[0]))
     problems = []
     with _one_example() as probe:
         for name in list(spec.signature_names) or [DEFAULT_SIGNATURE]:
@@ -102,8 +102,8 @@ def _refused(name: str, signature, error: Exception) -> str:
 
 
 def _describe_input(name, info) -> str:
-    dims = ("?" if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)
-    shape = "unknown" if info.tensor_shape.unknown_rank else f"[{','.join(dims)}]"
+    dims = dims_text(info.tensor_shape)
+    shape = "unknown" if dims is None else f"[{dims}]"
     return f"{name} ({types_pb2.DataType.Name(info.dtype)} {shape})"
 
 

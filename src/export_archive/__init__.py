@@ -13,10 +13,11 @@ __all__ = ["ConfigError", "ExportConfig", "ExportResult", "export", "__version__
 
 
 def __getattr__(name):
+    # On first use: both import TensorFlow, which `import export_archive` must not.
     if name == "export":   # the export step every front door runs (step.py)
         from export_archive import step
         return step.export
     if name == "ExportResult":
-        from export_archive import writer
+        from export_archive import writer  # TensorFlow: on first use (see above)
         return writer.ExportResult
     raise AttributeError(f"module 'export_archive' has no attribute {name!r}")

@@ -40,6 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from export_archive import saved_model_io
+from export_archive.constants import DEFAULT_SIGNATURE
 
 
 def unwrap_variable(variable: Any) -> Any:
@@ -207,10 +208,10 @@ class _ArchiveBase:
         # one leaves nothing on disk.
         aliased = _serving_default_endpoint(endpoint_names, serving_default)
         method_names = _checked_method_names(
-            method_names, list(dict.fromkeys(endpoint_names + ["serving_default"])))
-        if aliased != "serving_default" and aliased in method_names:
+            method_names, list(dict.fromkeys(endpoint_names + [DEFAULT_SIGNATURE])))
+        if aliased != DEFAULT_SIGNATURE and aliased in method_names:
             # The alias is the same function, so it takes the same method.
-            method_names["serving_default"] = method_names[aliased]
+            method_names[DEFAULT_SIGNATURE] = method_names[aliased]
         signature_functions = dict(signature_functions or {})
         unknown = sorted(set(signature_functions) - set(endpoint_names))
         if unknown:
@@ -221,7 +222,7 @@ class _ArchiveBase:
             name: signature_functions.get(name) or internals.concrete_fn(name)
             for name in endpoint_names}
         # TF Serving calls `serving_default` when a request names no signature.
-        signatures.setdefault("serving_default", signatures[aliased])
+        signatures.setdefault(DEFAULT_SIGNATURE, signatures[aliased])
         tf.saved_model.save(internals.root, filepath, options=options,
                             signatures=signatures)
         if method_names:
@@ -237,9 +238,9 @@ class _ArchiveBase:
 
 
 def _serving_default_endpoint(names: List[str], requested: Optional[str]) -> str:
-    if "serving_default" in names:
-        if requested in (None, "serving_default"):
-            return "serving_default"
+    if DEFAULT_SIGNATURE in names:
+        if requested in (None, DEFAULT_SIGNATURE):
+            return DEFAULT_SIGNATURE
         raise ValueError(
             f"write_out(serving_default={requested!r}): an endpoint is already named "
             f"'serving_default', so it is the default signature. Allowed: "

@@ -35,6 +35,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from export_archive import runtimes
+from export_archive.constants import DEFAULT_SIGNATURE
 from export_archive.errors import _MISSING, ConfigError, InputError  # noqa: F401 (re-exported)
 from export_archive.schema_check import SchemaCheck, join as _join, load_schema
 
@@ -332,8 +333,8 @@ class ExportConfig:
         `serving_default` field; otherwise the first endpoint.
         """
         names = [e.name for e in self.endpoints]
-        if "serving_default" in names:
-            return "serving_default"
+        if DEFAULT_SIGNATURE in names:
+            return DEFAULT_SIGNATURE
         return self.serving_default or names[0]
 
     def endpoint(self, name: str) -> EndpointConfig:
@@ -370,7 +371,7 @@ def _check_names(endpoints, collections, serving_default: Optional[str]) -> None
     if name is not None and name not in names:
         raise ConfigError("serving_default", "names no endpoint", name, ", ".join(names),
                           "name one of the endpoints")
-    if name is not None and "serving_default" in names and name != "serving_default":
+    if name is not None and DEFAULT_SIGNATURE in names and name != DEFAULT_SIGNATURE:
         raise ConfigError("serving_default", "an endpoint is already named serving_default, "
                           "so it is the default", name, '"serving_default" or omit the field',
                           "rename that endpoint, or drop this field")

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any, Optional
 
 CONTRACT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -154,7 +155,6 @@ class _ForkedContract:
                 code = module.serve_one_job(os.fdopen(read_end),
                                             module.load_model_server_op_libraries())
             except BaseException:  # pylint: disable=broad-except  # reported on stderr
-                import traceback
                 traceback.print_exc()
             finally:
                 sys.stdout.flush()

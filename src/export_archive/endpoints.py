@@ -11,6 +11,7 @@ import functools
 from typing import Any, Callable, List, Optional, Tuple
 
 import tensorflow as tf
+from google.protobuf import message, text_format
 
 from export_archive.config import SPEC_KINDS, ConfigError, EndpointConfig, InputError, SpecLeaf
 from export_archive.sources import (ModelSource, call_user_function, error_summary,
@@ -85,7 +86,6 @@ class FeatureSpecError(InputError):
 def _spec_endpoint(example_builder, endpoint, source, where):
     """Builds a tf_example / raw_features endpoint, blaming an unreadable Schema or
     Transform graph on the path the user gave, not on this program."""
-    from google.protobuf import message, text_format
     # The builder reads the Schema / Transform graph lazily; read it here, first,
     # so the errors below can only come from those files.
     try:

@@ -313,7 +313,7 @@ def _import_jsonschema():
     if hide:
         sys.modules["rfc3987_syntax"] = None   # `import` raises ImportError
     try:
-        import jsonschema
+        import jsonschema   # on first use: keeps `import export_archive` cheap (above)
     finally:
         if hide:
             del sys.modules["rfc3987_syntax"]

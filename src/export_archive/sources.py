@@ -630,7 +630,7 @@ def load(path: str, config: ExportConfig) -> ModelSource:
         _refuse_python_bytecode(model_path)
     try:
         if flavor == KERAS3:
-            import keras
+            import keras   # optional: the flavor's Keras only
             model = keras.saving.load_model(model_path, safe_mode=safe_mode)
             return ModelSource(model, KERAS3, model_path)
         if flavor == TF_KERAS or keras2_dir:

@@ -35,10 +35,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from export_archive.config import TRACK_LAYER_PREFIX, ConfigError, ExportConfig
+from export_archive.constants import DEFAULT_SIGNATURE
+from export_archive.saved_model_io import read_serve_meta_graph, signature_defs
 from export_archive.sources import (ModelSource, call_user_function, error_summary,
-                                    import_user_module)
+                                    import_user_module, missing_assets)
 
 TRACK_FIX = ("list it in the config's \"track\" (\"module.path:attr\" naming the object, or "
              "a builder that returns it; \"layer:NAME\" for a layer of the model), return "
@@ -269,7 +272,6 @@ def untracked_save_error(error: AssertionError, endpoint_names: Sequence[str]
 
 def checkpoint_graph(prefix: str):
     """(reader, TrackableObjectGraph) of the checkpoint at `prefix`."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
     reader = tf.train.load_checkpoint(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
@@ -317,9 +319,8 @@ def verify_collections(export_dir: str, expected: Dict[str, Tuple[str, List[Any]
 def verify_signatures(export_dir: str, endpoint_names: Sequence[str]) -> None:
     """Every configured endpoint is a signature of the written SavedModel, and so is
     `serving_default`."""
-    from export_archive import describe
-    written = {s.name for s in describe.describe(export_dir)}
-    for i, name in enumerate(list(endpoint_names) + [describe.DEFAULT_SIGNATURE]):
+    written = set(signature_defs(read_serve_meta_graph(export_dir)))
+    for i, name in enumerate(list(endpoint_names) + [DEFAULT_SIGNATURE]):
         if name not in written:
             where = f"endpoints[{i}].name" if i < len(endpoint_names) else "serving_default"
             raise ConfigError(where, f"the endpoint {name!r} was not written as a signature",
@@ -329,7 +330,6 @@ def verify_signatures(export_dir: str, endpoint_names: Sequence[str]) -> None:
 
 def verify_assets(export_dir: str) -> None:
     """Every asset the SavedModel's graph reads is in its assets/ directory."""
-    from export_archive.sources import missing_assets
     missing = missing_assets(export_dir)
     if missing:
         raise UntrackedResourceError(

@@ -17,14 +17,19 @@ from absl import logging
 from export_archive import (archive, contract, contract_process, describe, endpoints,
                             memory, publish, servable_outputs, tracking, user_requests,
                             vocabularies)
+# Named apart from `export`'s `check` argument, which would hide the module there.
+from export_archive import check as serving_check
 from export_archive.config import ConfigError, ExportConfig
+from export_archive.constants import DEFAULT_SIGNATURE
 from export_archive.errors import InputError
 # The output errors live with the publish primitives (no TensorFlow there, so the CLI
 # can check an output path before importing it); re-exported here as before.
 from export_archive.publish import (OutputError, OutputExistsError,  # noqa: F401
                                     OutputPathError, OutputWriteError,
                                     check_output_path)
-from export_archive.sources import ModelSource, error_summary
+from export_archive.rows import CheckRow
+from export_archive.sources import (ModelSource, check_saved_model_proto, error_summary,
+                                    resolve_model_path)
 
 
 @dataclasses.dataclass
@@ -47,7 +52,7 @@ class ExportResult:
     endpoints: List[EndpointResult]
     variable_collections: Dict[str, int]
     size_bytes: int
-    checks: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    checks: List[CheckRow] = dataclasses.field(default_factory=list)   # as JSON in to_json()
     # None: no check ran; False only in check mode "warn" (fail mode raises).
     check_passed: Optional[bool] = None
     # The contract guard's verdict (`contract.ContractDiff.to_json()`), or
@@ -256,8 +261,7 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
                 report = _serving_check(path, built, config, example_builder)
                 reports.append(report)
                 if not report.passed and options_check.get("mode", "fail") == "fail":
-                    from export_archive.check import CheckFailed
-                    raise CheckFailed(report)
+                    raise serving_check.CheckFailed(report)
             # Described here, not after publishing: by then a concurrent --overwrite
             # writer may have replaced it, and the result must describe this export.
             staged.append(_result(path, source, config, built.variable_collections))
@@ -282,7 +286,6 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
 
 def _baseline_dir(path: str) -> str:
     """A SavedModel directory, or a TFX Model artifact (its Format-Serving/)."""
-    from export_archive.sources import check_saved_model_proto, resolve_model_path
     resolved = resolve_model_path(path)
     if not tf.io.gfile.exists(os.path.join(resolved, "saved_model.pb")):
         raise FileNotFoundError(
@@ -294,17 +297,17 @@ def _baseline_dir(path: str) -> str:
 
 
 def _serving_check(path, built: BuiltArchive, config, example_builder):
-    from export_archive import check
     fns = {name: built.traced_endpoint(name) for name in built.endpoint_names}
     options = config.check_dict
     example_source = getattr(example_builder, "example_source", None)
     training = {e.name: e.training for e in config.endpoints}
-    training.setdefault("serving_default", training[config.serving_default_name])
+    training.setdefault(DEFAULT_SIGNATURE, training[config.serving_default_name])
     supplied = (user_requests.load(options["requests"], path)
                 if options.get("requests") else None)
-    return check.run_check(
+    return serving_check.run_check(
         path, fns, training, example_source,
-        rtol=options.get("rtol", check.DEFAULT_RTOL), atol=options.get("atol", check.DEFAULT_ATOL),
+        rtol=options.get("rtol", serving_check.DEFAULT_RTOL),
+        atol=options.get("atol", serving_check.DEFAULT_ATOL),
         warmup=options.get("warmup", True), supplied=supplied,
         serving_runtime=config.serving_runtime)
 
