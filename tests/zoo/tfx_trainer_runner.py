@@ -28,6 +28,12 @@ import os
 # Must precede the first TensorFlow import: it decides what tf.keras is.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Transform and Trainer import the module from its file, as the main job does
+# (local_runner passes module paths): without this, TFX builds a wheel of each
+# module_file when the pipeline compiles and pip-installs it before each of the two
+# components runs, subprocesses that cost several seconds apiece and are no part of
+# what the zoo compares.
+os.environ["UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES"] = "1"
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
