@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from export_archive import memory
+from export_archive import keras_weights, memory
 from export_archive.config import ExportConfig, VariableCollectionConfig
 from export_archive.errors import ConfigError, InputError
 # The SavedModel readers and the model's error are one layer down, in saved_model_io
@@ -631,7 +631,10 @@ def load(path: str, config: ExportConfig) -> ModelSource:
     try:
         if flavor == KERAS3:
             import keras   # optional: the flavor's Keras only
-            model = keras.saving.load_model(model_path, safe_mode=safe_mode)
+            # Big tables are streamed from the file into the variables: one copy in
+            # memory instead of four or five (keras_weights.py).
+            with keras_weights.lean_weights():
+                model = keras.saving.load_model(model_path, safe_mode=safe_mode)
             return ModelSource(model, KERAS3, model_path)
         if flavor == TF_KERAS or keras2_dir:
             import tf_keras   # optional: the flavor's Keras only

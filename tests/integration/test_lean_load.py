@@ -1,0 +1,171 @@
+"""A Keras 3 `.keras` file loads with its big weights streamed into the variables.
+
+`keras_weights.lean_weights()` (used by `sources.load`) must give exactly the model a
+stock `keras.saving.load_model` gives, every weight and optimizer slot equal, and must
+hold the biggest table about once while loading, where stock Keras holds it four or
+five times (bench/bench_scale.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+if not keras.__version__.startswith("3."):
+    pytest.skip("Keras 3 `.keras` loading", allow_module_level=True)
+
+from export_archive import keras_weights  # noqa: E402
+from export_archive import sources  # noqa: E402
+from export_archive.config import ExportConfig  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+
+
+def mixed_model():
+    """Variables of rank 1 to 4, an int table, a BatchNorm's non-trainable stats, and
+    optimizer slots after one step: every way Keras assigns a weight on load."""
+    rng = np.random.default_rng(0)
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    image = keras.Input(shape=(8, 8, 2), name="image")
+    embedded = keras.layers.Embedding(1000, 16, name="table")(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(embedded)
+    conv = keras.layers.Conv2D(4, 3, name="conv")(image)
+    conv = keras.layers.BatchNormalization(name="norm")(conv)
+    flat = keras.layers.Flatten()(conv)
+    out = keras.layers.Dense(1, name="score")(keras.layers.Concatenate()([pooled, flat]))
+    model = keras.Model([ids, image], out)
+    model.compile(optimizer="adam", loss="mse")
+    x = [rng.integers(0, 1000, (16, 3)), rng.normal(size=(16, 8, 8, 2)).astype("float32")]
+    model.fit(x, rng.normal(size=(16, 1)), epochs=1, verbose=0)
+    for weight in model.weights:   # random values everywhere: zeros would hide a mix-up
+        weight.assign(rng.normal(size=weight.shape).astype(weight.dtype))
+    return model, x
+
+
+def test_lean_load_gives_the_stock_model(tmp_path, monkeypatch):
+    model, x = mixed_model()
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    stock = keras.saving.load_model(path)
+    # Small enough that the table (64 KiB) streams, in several slices of 16 KiB.
+    monkeypatch.setattr(keras_weights, "STREAM_BYTES", 16 * 1024)
+    monkeypatch.setattr(keras_weights, "SLICE_BYTES", 16 * 1024)
+    streamed = []
+    assign_into = keras_weights.StreamedDataset.assign_into
+    monkeypatch.setattr(keras_weights.StreamedDataset, "assign_into",
+                        lambda self, v: (streamed.append(self.shape), assign_into(self, v)))
+    lean = sources.load(path, ExportConfig.parse({"endpoints": [{"name": "serve"}]})).obj
+
+    assert (1000, 16) in streamed, "the table was not streamed"
+    assert len(lean.weights) == len(stock.weights)
+    for a, b in zip(stock.weights, lean.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    for a, b in zip(stock.optimizer.variables, lean.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    np.testing.assert_array_equal(stock.predict(x, verbose=0), lean.predict(x, verbose=0))
+    # The patches are gone once the load is over.
+    from keras.src.saving import saving_lib
+    assert saving_lib.is_memory_sufficient.__module__ == saving_lib.__name__
+
+
+@keras.saving.register_keras_serializable(package="test_lean_load")
+class KeepsOneVariable(keras.layers.Layer):
+    """Saves both variables but loads back only the first: the second keeps whatever
+    its initializer gives when the model is built."""
+
+    def build(self, input_shape):
+        self.loaded = self.add_weight(shape=(64, 64), initializer="ones", name="loaded")
+        self.kept = self.add_weight(shape=(64, 64), name="kept",
+                                    initializer=keras.initializers.RandomNormal(seed=7))
+
+    def call(self, x):
+        return x @ self.loaded + x @ self.kept
+
+    def load_own_variables(self, store):
+        self.loaded.assign(store["0"])
+
+
+def test_a_variable_the_file_does_not_fill_gets_its_initializer(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((64,)), KeepsOneVariable(name="keep")])
+    model.get_layer("keep").loaded.assign(np.full((64, 64), 3.0, "float32"))
+    model.get_layer("keep").kept.assign(np.full((64, 64), 5.0, "float32"))
+    path = str(tmp_path / "keep.keras")
+    model.save(path)
+    stock = keras.saving.load_model(path).get_layer("keep")
+    monkeypatch.setattr(keras_weights, "STREAM_BYTES", 1024)   # both variables are "big"
+    with keras_weights.lean_weights() as on:
+        assert on
+        lean = keras.saving.load_model(path).get_layer("keep")
+    np.testing.assert_array_equal(np.asarray(lean.loaded), np.full((64, 64), 3.0))
+    # Not zeros (the lean path's placeholder): the seeded initializer's values, as stock.
+    assert np.asarray(stock.kept).std() > 0.01   # RandomNormal(stddev=0.05)
+    np.testing.assert_array_equal(np.asarray(lean.kept), np.asarray(stock.kept))
+
+
+def test_a_streamed_dataset_read_whole_elsewhere_is_the_array(tmp_path):
+    """A consumer that is not `variable.assign` gets the values, read whole."""
+    import h5py
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f["x"] = np.arange(12, dtype="float32").reshape(4, 3)
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        value = keras_weights.StreamedDataset(f["x"])
+        np.testing.assert_array_equal(np.asarray(value), np.arange(12).reshape(4, 3))
+        np.testing.assert_array_equal(value[1:3], [[3, 4, 5], [6, 7, 8]])
+        assert len(value) == 4
+
+
+PEAK_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import warnings; warnings.filterwarnings("ignore")
+import keras, tensorflow as tf
+from export_archive import keras_weights
+
+def status(field):   # bytes; VmHWM is this process's own high-water mark (ru_maxrss
+    for line in open("/proc/self/status"):   # also counts the parent's RSS at fork)
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+before = status("VmRSS")
+if sys.argv[2] == "lean":
+    with keras_weights.lean_weights() as on:
+        assert on
+        model = keras.saving.load_model(sys.argv[1])
+else:
+    model = keras.saving.load_model(sys.argv[1])
+print(json.dumps({"peak_growth": status("VmHWM") - before, "start": before,
+                  "sum": float(tf.reduce_sum(model.get_layer("table").embeddings[:, 0]))}))
+"""
+
+
+def peak_growth(path, mode):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, path, mode, SRC], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_table_is_held_once_while_loading(tmp_path):
+    """Peak RSS growth of the load: the kernel's high-water mark (VmHWM, exact, not a
+    poll) over the RSS once TF and Keras are imported (their import peaks lower)."""
+    rows, dim = 1 << 19, 64                      # 128 MiB of float32
+    table_bytes = rows * dim * 4
+    model = keras.Sequential([keras.Input((), dtype="int32"),
+                              keras.layers.Embedding(rows, dim, name="table")])
+    model.get_layer("table").embeddings.assign(np.full((rows, dim), 0.5, "float32"))
+    path = str(tmp_path / "table.keras")
+    model.save(path)
+    del model
+
+    lean, stock = peak_growth(path, "lean"), peak_growth(path, "stock")
+    assert lean["sum"] == stock["sum"] == rows * 0.5
+    # The variable itself is one copy; slices and TF's bookkeeping add a little.
+    assert lean["peak_growth"] < 1.5 * table_bytes, lean
+    # Stock Keras holds the file buffer, the array and the tensor too: the test can fail.
+    assert stock["peak_growth"] > 2.5 * table_bytes, stock
