@@ -86,6 +86,11 @@ def result(check, passed, detail="", endpoint=""):
     return {"check": check, "endpoint": endpoint, "passed": bool(passed), "detail": detail}
 
 
+# The exporter reads SavedModel protos and PredictionLogs through `saved_model_io`;
+# this script keeps its own two readers (read_meta_graph, read_prediction_logs):
+# saved_model_io imports `export_archive.errors`, and importing anything of the
+# package runs its __init__, which brings the exporter (and Keras) into the process
+# that must hold what tensorflow_model_server holds, and nothing else.
 def read_meta_graph(export_dir):
     proto = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
