@@ -495,6 +495,11 @@ def weights_read(phases, base, w):
             f"({(d['main_rss_peak'] - base) / w:.2f}×)")
 
 
+def _rows_of_run(results, date):
+    rows = [f"{r['flavor']} {r['gib']:g} GiB" for r in results["rows"] if r.get("run") == date]
+    return ", ".join(rows) + " (these rows are from it)" if rows else "the profile or pipeline"
+
+
 def render(results):
     lines = ["## Big models: export, check and load at 0.25–8 GiB of weights", ""]
     env = results["env"]
@@ -506,8 +511,9 @@ def render(results):
         f"{results['write_bandwidth'] / MIB:,.0f} MiB/s. Memory budget for a process tree: "
         f"{fmt_bytes(results['budget'])} (a tree passing it is killed and recorded as out of "
         "memory). " + "".join(
-            f"Sizes added by a second run at {r['date']}: write bandwidth "
-            f"{r['write_bandwidth'] / MIB:,.0f} MiB/s, budget {fmt_bytes(r['budget'])}. "
+            f"A later run at {r['date']} (write bandwidth {r['write_bandwidth'] / MIB:,.0f} "
+            f"MiB/s, budget {fmt_bytes(r['budget'])}) measured "
+            f"{_rows_of_run(results, r['date'])}. "
             for r in results.get("later_runs", [])) + "Page cache dropped before each cold load: "
         f"{'yes' if results['cold_cache'] else 'no (not permitted here)'}.", "",
         f"**Model.** A string `item` input, `StringLookup` over {VOCAB:,} tokens, "
@@ -647,7 +653,8 @@ def main(argv=None):
     p.add_argument("--json", default=os.path.join(HERE, "results_scale.json"))
     p.add_argument("--append", action="store_true",
                    help="add to the results in --json (e.g. the big sizes in a second run) "
-                        "instead of starting anew; the reference rows are reused")
+                        "instead of starting anew; the reference rows are reused, and a "
+                        "flavor and size measured again replace their earlier row")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -705,8 +712,16 @@ def main(argv=None):
         save()
     for gib in sizes:
         for flavor in flavors:
-            results["rows"].append(measure_size(flavor, gib, args.work, budget,
-                                                run["cold_cache"]))
+            row = measure_size(flavor, gib, args.work, budget, run["cold_cache"])
+            row["run"] = run["date"]
+            # An --append run measures the code as it is now: its row replaces the one
+            # an earlier run made of the same flavor and size, in the same place.
+            same = [i for i, r in enumerate(results["rows"])
+                    if (r["flavor"], r["gib"]) == (flavor, gib)]
+            if same:
+                results["rows"][same[0]] = row
+            else:
+                results["rows"].append(row)
             save()
     save()
     log(f"done in {results['total_min']:.1f} min: {args.json}, {args.out}")
