@@ -20,3 +20,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tfx" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    """The next queued background job starts once the one before it has ended
+    (looked at before every test and every fixture setup)."""
+    from helpers import background
+    background.advance(item.config)
+
+
+def pytest_fixture_setup(fixturedef, request):
+    from helpers import background
+    background.advance(request.config)
+
+
+def pytest_sessionfinish(session):
+    """Background jobs whose tests never ran (an interrupted session, -x) stop."""
+    from helpers import background
+    background.stop_all(session.config)

@@ -10,24 +10,22 @@ hand-written `serving_default` serves, record for record, over the whole eval
 split at two batch sizes.
 
 The modules run in one subprocess (tfx_trainer_runner.py): they need Keras 2,
-and this process keeps Keras 3. A module that cannot run here is skipped with
-the checked reason, which is also recorded as its zoo row.
+and this process keeps Keras 3. It runs in the background from when the
+session's tests are collected (tfx_trainer_job.py). A module that cannot run here is
+skipped with the checked reason, which is also recorded as its zoo row.
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from zoo import tfx_trainers
+from helpers import background
+from zoo import tfx_trainer_job, tfx_trainers
 from zoo.rows import record_row
 from zoo.tfx_trainers import MODULES, TOLERANCE
 
 pytestmark = [pytest.mark.integration, pytest.mark.tfx]
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# How long the test waits for the runner (from when it starts waiting: the runner
+# was queued when the session's tests were collected).
 RUNNER_TIMEOUT = 1800
 
 
@@ -38,27 +36,21 @@ def test_the_table_lists_every_keras_trainer_module_of_the_wheel():
 
 @pytest.fixture(scope="module")
 def reasons():
-    return {m.id: tfx_trainers.not_runnable_reason(m) for m in MODULES}
+    return tfx_trainer_job.reasons()
 
 
 @pytest.fixture(scope="module")
 def runner_results(reasons, tmp_path_factory, request):
     """Runs every runnable module whose test is selected (`-k bert` runs only the
-    BERT modules) in one Keras 2 subprocess; {module id: result}."""
-    selected = {item.callspec.params["module"].id for item in request.session.items
-                if getattr(item, "originalname", None)
-                == "test_export_serves_what_the_trainer_serves"}
-    runnable = [m.id for m in MODULES if reasons[m.id] is None and m.id in selected]
-    root = tmp_path_factory.mktemp("tfx_trainers")
-    out = root / "results.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [TESTS_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "zoo.tfx_trainer_runner", "--root", str(root),
-         "--out", str(out), *runnable],
-        env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT)
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-5000:]
-    return json.loads(out.read_text())
+    BERT modules) in one Keras 2 subprocess; {module id: result}. conftest.py
+    queued it to run in the background when the session's tests were collected
+    (it starts here if it has not started yet)."""
+    job = background.take(request.config, tfx_trainer_job.KEY, lambda: tfx_trainer_job.start(
+        tmp_path_factory.mktemp("tfx_trainers"),
+        tfx_trainer_job.selected_modules(request.session.items, reasons)))
+    proc, results = tfx_trainer_job.results(job, timeout=RUNNER_TIMEOUT)
+    assert proc.returncode == 0 and results is not None, proc.stderr[-5000:]
+    return results
 
 
 def _row(module, **fields):
