@@ -1,6 +1,7 @@
 """The main job end to end, run the way a user runs it: `python -m
 export_archive.pipelines.local_runner` in a subprocess, twice (module-scoped: the
-pipeline is the expensive part), the second time from the TFX cache up to what a
+pipeline is the expensive part; both run in the background from when the
+session's tests are collected, one after the other), the second time from the TFX cache up to what a
 resolver feeds (the Evaluator's baseline).
 
 Asserts what a user sees (one screen: a start and an end line per component, then a
@@ -16,29 +17,31 @@ import numpy as np
 import pytest
 
 from helpers.local_pipeline import (check_pushed_model, component_lines, artifact_dir,
-                                    run_main_job, summary_value)
+                                    main_job_result, summary_value)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 
 NAME = "export-archive-penguin-keras3"
 # Without the contract baseline, so that the second identical run is entirely cached
 # (with it, ModelExporter re-runs against the new push; test_contract_pipeline).
-ARGS = ["--train-steps", "10", "--no-baseline"]
+# Both runs are queued to run in the background when the session's tests are
+# collected, the second after the first (conftest.py: `main_job`, `main_job_rerun`).
+MAIN_JOB_ARGS = ["--train-steps", "10", "--no-baseline"]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("main_job"))
+def root(main_job):
+    return main_job.root
 
 
 @pytest.fixture(scope="module")
-def first(root):
-    return run_main_job(root, *ARGS).stdout
+def first(main_job):
+    return main_job_result(main_job).stdout
 
 
 @pytest.fixture(scope="module")
-def second(root, first):
-    return run_main_job(root, *ARGS).stdout
+def second(first, main_job_rerun):
+    return main_job_result(main_job_rerun).stdout
 
 
 @pytest.fixture(scope="module")

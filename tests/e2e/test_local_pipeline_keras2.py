@@ -8,16 +8,19 @@ import pytest
 import tensorflow as tf
 
 from helpers.local_pipeline import (artifact_dir, check_pushed_model, component_lines,
-                                    run_main_job, summary_value)
+                                    main_job_result, summary_value)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 
 NAME = "export-archive-penguin-keras2"
+# The run starts in the background when the session's tests are collected
+# (conftest.py: the `main_job` fixture).
+MAIN_JOB_ARGS = ["--keras", "2", "--train-steps", "10"]
 
 
-def test_keras2_pipeline_pushes_a_served_model(tmp_path):
-    root = str(tmp_path)
-    stdout = run_main_job(root, "--keras", "2", "--train-steps", "10").stdout
+def test_keras2_pipeline_pushes_a_served_model(main_job):
+    root = main_job.root
+    stdout = main_job_result(main_job).stdout
     assert ("Trainer", "done") in component_lines(stdout)
     assert summary_value(stdout, "Serving check") == "passed"
     pushed = summary_value(stdout, "Pushed model")

@@ -9,13 +9,13 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 import tensorflow as tf
 
 from export_archive import cli, describe, rest
+from helpers import background
 from helpers.outputs import single
 
 LABEL = "species"
@@ -24,15 +24,28 @@ ENDPOINTS = ["serve_raw", "serving_default"]
 COMPONENT_LINE = re.compile(r"^  (\S+) +(running|done|cached|skipped|FAILED)(?: +(\S+))?$")
 
 
-def run_main_job(root, *args, timeout=1500):
-    """`python -m export_archive.pipelines.local_runner --root ROOT ARGS`; stdout/stderr."""
+def start_main_job(root, *args) -> background.Job:
+    """`python -m export_archive.pipelines.local_runner --root ROOT ARGS`, started;
+    `job.root` is ROOT."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
-    proc = subprocess.run(
+    job = background.Job(
         [sys.executable, "-m", "export_archive.pipelines.local_runner", "--root", str(root),
-         *args], capture_output=True, text=True, timeout=timeout, env=env)
+         *args], os.path.join(str(root), "_job"), env=env, name="main_job")
+    job.root = str(root)
+    return job
+
+
+def main_job_result(job: background.Job, timeout=1500):
+    """The job's stdout/stderr once it has ended, which it must with exit code 0."""
+    proc = job.wait(timeout)
     assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
     return proc
+
+
+def new_main_job(tmp_path_factory, name, args):
+    """A starter for background.submit/take: the main job with ARGS in a new root."""
+    return lambda: start_main_job(tmp_path_factory.mktemp(name), *args)
 
 
 def summary_value(stdout, label):
