@@ -13,7 +13,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from tfx import v1 as tfx
 
-from export_archive.components import ModelExporter, latest_pushed_model, published
+from export_archive.components import (InfraValidator, ModelExporter, latest_pushed_model,
+                                       published)
+from export_archive.constants import DEFAULT_SIGNATURE
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DATA_ROOT = os.path.join(PACKAGE_DIR, "data", "penguins")
@@ -57,7 +59,7 @@ def eval_config(min_accuracy: float = MIN_ACCURACY,
     load a Keras 3 `.keras` model). The raw label stays in the examples: the
     endpoint excludes it from parsing, and TFMA reads it by `label_key`.
     """
-    import tensorflow_model_analysis as tfma
+    import tensorflow_model_analysis as tfma   # heavy: only for a pipeline with an Evaluator
     accuracy = tfma.MetricConfig(
         class_name="SparseCategoricalAccuracy",
         threshold=tfma.MetricThreshold(
@@ -67,7 +69,7 @@ def eval_config(min_accuracy: float = MIN_ACCURACY,
                 direction=tfma.MetricDirection.HIGHER_IS_BETTER,
                 absolute={"value": -max_accuracy_drop})))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=LABEL_KEY,
+        model_specs=[tfma.ModelSpec(signature_name=DEFAULT_SIGNATURE, label_key=LABEL_KEY,
                                     preprocessing_function_names=[])],
         slicing_specs=[tfma.SlicingSpec()],
         metrics_specs=[tfma.MetricsSpec(metrics=[accuracy])])
@@ -178,7 +180,6 @@ def create_pipeline(pipeline_name: str,
             components.append(evaluator)
             push_inputs["model_blessing"] = evaluator.outputs["blessing"]
         if infra_validation is not None:
-            from export_archive.components import InfraValidator
             infra_validator = InfraValidator(
                 model=exporter.outputs["model"], examples=example_gen.outputs["examples"],
                 serving_spec=tfx.proto.ServingSpec(
@@ -187,7 +188,7 @@ def create_pipeline(pipeline_name: str,
                     max_loading_time_seconds=infra_max_loading_seconds, num_tries=1),
                 request_spec=tfx.proto.RequestSpec(
                     tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(
-                        signature_names=infra_signature_names or ["serving_default"]),
+                        signature_names=infra_signature_names or [DEFAULT_SIGNATURE]),
                     split_name="eval", num_examples=2, make_warmup=True),
                 local_process_config=infra_validation)
             components.append(infra_validator)

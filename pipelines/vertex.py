@@ -18,6 +18,8 @@ Pipelines the pipeline root is `gs://`, so the copy is too, which is what
 
 from typing import Any, Callable, Dict, Optional
 
+# No TFX at the top: the KFP v2 runner reads DEFAULT_MACHINE_TYPE for its flags, and
+# may set TF_USE_LEGACY_KERAS before anything imports TensorFlow (TFX does).
 from export_archive.components.kfp.vertex import IMAGE_REGIONS, prebuilt_tf_image
 
 DEFAULT_MACHINE_TYPE = "n1-standard-2"
@@ -46,7 +48,7 @@ def vertex_push_config(project: str, region: str, endpoint_name: str,
     `serving_args` go to `aiplatform.Model.deploy` (e.g. `min_replica_count`,
     `traffic_percentage`, `service_account`).
     """
-    from tfx import v1 as tfx
+    from tfx import v1 as tfx   # see the imports at the top
     ai_platform = tfx.extensions.google_cloud_ai_platform
     for name, value in (("project", project), ("region", region),
                         ("endpoint_name", endpoint_name)):
@@ -83,7 +85,7 @@ def vertex_pusher(project: str, region: str, endpoint_name: str,
                                        machine_type, serving_args, serving_runtime)
 
     def make(**push_inputs):
-        from tfx import v1 as tfx
+        from tfx import v1 as tfx   # see the imports at the top
         return tfx.extensions.google_cloud_ai_platform.Pusher(
             **push_inputs, custom_config=custom_config)
     return make

@@ -55,6 +55,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from export_archive import describe, examples, writer
 from export_archive.config import ExportConfig
+from export_archive.constants import SERVE_TAG
 from export_archive.rows import CheckRow, SplitParityRow
 from export_archive.sources import ModelSource
 
@@ -368,7 +369,7 @@ class _ServedModel:
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         meta_graph = tf.compat.v1.saved_model.loader.load(
-            self.session, ["serve"], job.export_dir)
+            self.session, [SERVE_TAG], job.export_dir)
         self.signatures = {name: meta_graph.signature_def[name] for name in endpoints}
         self.tensor = self.graph.get_tensor_by_name
 
