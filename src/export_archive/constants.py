@@ -2,10 +2,10 @@
 
 config (which must import no TensorFlow) and contract both need the contract's
 change kinds; they live here so neither imports the other. TF Serving's names are
-here too: `saved_model_io`, rest.py (the port of TF Serving's JSON rules) and the
-rest import them from here; serving_contract.py (the script the serving check runs)
-keeps its own copy only until it reads through `saved_model_io`. This module
-imports nothing but the standard library, so every layer can.
+here too: `saved_model_io`, rest.py (the port of TF Serving's JSON rules),
+serving_contract.py (the script the serving check runs) and the rest import them
+from here. This module imports nothing but the standard library, so every layer
+can, the serving check's Keras-free process included.
 """
 
 import os

@@ -1,7 +1,7 @@
 """The serving check's clean TensorFlow process, started before the check needs it.
 
 `serving_contract.py` must run in a process of its own that imports only
-TensorFlow (see its docstring). Starting that process costs a TensorFlow import,
+TensorFlow and the package's bottom layer (see its docstring). Starting that process costs a TensorFlow import,
 seconds that used to come after the SavedModel was written. Here it starts as
 soon as a check is known to be wanted: the CLI starts it before its own
 TensorFlow import, `writer.export` before loading the model. Its import and op

@@ -2,7 +2,9 @@
 
 Run as a *script* in its own process (`python serving_contract.py ...`), never
 imported by the exporter: it imports nothing but the standard library,
-TensorFlow and the TF Serving API protos, so an op that only a Python package
+TensorFlow, the TF Serving API protos and the package's bottom layer
+(`saved_model_io` with the standard-library `constants` and `errors`; the package's
+`__init__` imports nothing), so an op that only a Python package
 registers (a custom op library, a layer package's kernels) is missing here
 exactly as it is missing in `tensorflow_model_server`. But the server links some
 op libraries itself (SUPPORTED_TENSORFLOW_OPS in its BUILD: TF Text, TF-DF
@@ -51,29 +53,16 @@ for _name in ("keras", "tf_keras"):
 
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 from tensorflow_serving.apis import prediction_log_pb2
 
+from export_archive import saved_model_io
+from export_archive.constants import DEFAULT_SIGNATURE, METHOD_NAMES, SERVE_TAG, WARMUP_FILE
 
-
-def _load_constants():
-    """The package's `constants.py` (standard library only), loaded by its path under
-    a private name: importing it as `export_archive.constants` would run the
-    package's __init__, which pulls in the exporter this process must not hold."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "constants.py")
-    spec = importlib.util.spec_from_file_location("_serving_contract_constants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_CONSTANTS = _load_constants()
-SERVE_TAG = _CONSTANTS.SERVE_TAG
-DEFAULT_SIGNATURE = _CONSTANTS.DEFAULT_SIGNATURE
-WARMUP_FILE = _CONSTANTS.WARMUP_FILE
-PREDICT, CLASSIFY, REGRESS = (_CONSTANTS.METHOD_NAMES[m] for m in ("predict", "classify",
-                                                                  "regress"))
+PREDICT, CLASSIFY, REGRESS = (METHOD_NAMES[m] for m in ("predict", "classify", "regress"))
+# The package's modules this process may hold: the bottom layer it reads through.
+OWN_MODULES = frozenset({"export_archive", "export_archive.constants",
+                         "export_archive.errors", "export_archive.saved_model_io"})
 # TensorProto cannot carry these in a PredictResponse.
 UNSERVABLE_DTYPES = {types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, types_pb2.DT_INVALID}
 # Set in a process forked from the CLI (contract_process): the modules it inherited.
@@ -84,21 +73,6 @@ INHERITED_MODULES = frozenset()
 # `rows.CheckRow` type, which this script cannot import.
 def result(check, passed, detail="", endpoint=""):
     return {"check": check, "endpoint": endpoint, "passed": bool(passed), "detail": detail}
-
-
-# The exporter reads SavedModel protos and PredictionLogs through `saved_model_io`;
-# this script keeps its own two readers (read_meta_graph, read_prediction_logs):
-# saved_model_io imports `export_archive.errors`, and importing anything of the
-# package runs its __init__, which brings the exporter (and Keras) into the process
-# that must hold what tensorflow_model_server holds, and nothing else.
-def read_meta_graph(export_dir):
-    proto = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    for meta_graph in proto.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
-            return meta_graph
-    raise ValueError(f"no MetaGraph tagged {SERVE_TAG!r}")
 
 
 # Op libraries that the stock tensorflow_model_server links besides core TensorFlow
@@ -144,9 +118,7 @@ def load_model_server_op_libraries():
 
 
 def check_ops(meta_graph, op_libraries=()):
-    ops = {n.op for n in meta_graph.graph_def.node}
-    for function in meta_graph.graph_def.library.function:
-        ops.update(n.op for n in function.node_def)
+    ops = saved_model_io.graph_ops(meta_graph)
     functions = {f.signature.name for f in meta_graph.graph_def.library.function}
     missing = sorted(op for op in ops if op not in functions and op_def_registry.get(op) is None)
     if missing:
@@ -159,7 +131,7 @@ def check_ops(meta_graph, op_libraries=()):
 
 def check_signatures(meta_graph):
     out = []
-    sigs = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
+    sigs = saved_model_io.signature_defs(meta_graph)
     out.append(result("serving_default", DEFAULT_SIGNATURE in sigs,
                       "present" if DEFAULT_SIGNATURE in sigs else
                       f"no '{DEFAULT_SIGNATURE}' signature: requests that name no signature "
@@ -209,9 +181,8 @@ def _regress_problems(sig):
 
 def read_prediction_logs(path):
     logs = []
-    for record in tf.compat.v1.io.tf_record_iterator(path):
-        log = prediction_log_pb2.PredictionLog()
-        log.ParseFromString(record)
+    for log in saved_model_io.iter_prediction_logs(path):
+        # TF Serving's warmup refuses a record of no log type ("Unsupported log_type").
         if not log.WhichOneof("log_type"):
             raise ValueError(f"record {len(logs)} is not a PredictionLog")
         logs.append(log)
@@ -255,8 +226,7 @@ def run_requests(sess, meta_graph, logs, latency_runs):
     out, responses = [], []
     graph = sess.graph
     for log in logs:
-        kind = log.WhichOneof("log_type")
-        name = getattr(log, kind).request.model_spec.signature_name or DEFAULT_SIGNATURE
+        name = saved_model_io.signature_name(log)
         sig = meta_graph.signature_def.get(name)
         if sig is None:
             out.append(result("run", False, f"no signature {name!r}", name))
@@ -343,7 +313,7 @@ def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
     peak_reset = reset_peak_memory()
     before = memory_status()
     loaded_rss = None
-    meta_graph = read_meta_graph(export_dir)
+    meta_graph = saved_model_io.read_serve_meta_graph(export_dir)
     ops = check_ops(meta_graph, op_libraries)
     results.append(ops)
     results += check_signatures(meta_graph)
@@ -351,6 +321,9 @@ def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
     if warmup:
         results.append(warmup)
     responses = []
+    # Read before the session: inside it the graph is the default and tf.data, which
+    # saved_model_io reads TFRecords with, iterates only eagerly.
+    request_logs = read_prediction_logs(requests) if requests and ops["passed"] else []
     if ops["passed"]:
         graph = tf.Graph()
         with tf.compat.v1.Session(graph=graph) as sess:
@@ -362,17 +335,15 @@ def check(export_dir, out, requests=None, responses_path=None, latency_runs=0,
                 loaded = None
                 results.append(result("load", False, f"{type(e).__name__}: {str(e)[:500]}"))
             if loaded is not None and requests:
-                run_results, responses = run_requests(
-                    sess, loaded, read_prediction_logs(requests), latency_runs)
+                run_results, responses = run_requests(sess, loaded, request_logs, latency_runs)
                 results += run_results
     if responses_path:
-        with tf.io.TFRecordWriter(responses_path) as writer:
-            for log in responses:
-                writer.write(log.SerializeToString())
+        saved_model_io.write_prediction_logs(responses_path, responses)
     # Keras or TF Text anywhere, or the exporter's own modules (but for the pure-Python
     # ones a forked process inherited from the CLI: argument and config parsing).
     foreign = sorted(m for m, module in sys.modules.items()
                      if module is not None and m not in INHERITED_MODULES
+                     and m not in OWN_MODULES
                      and m.split(".")[0] in ("keras", "tf_keras", "tensorflow_text",
                                              "export_archive"))
     # Written whole, then renamed: the exporter never reads a half-written result.
