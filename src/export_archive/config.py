@@ -34,7 +34,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from export_archive import runtimes
+from export_archive import runtimes, specs
 from export_archive.constants import DEFAULT_SIGNATURE
 from export_archive.errors import _MISSING, ConfigError, InputError  # noqa: F401 (re-exported)
 from export_archive.schema_check import SchemaCheck, join as _join, load_schema
@@ -95,11 +95,10 @@ MAX_RANK = 32                                  # dimensions of one tensor spec
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
-@dataclasses.dataclass(frozen=True)
-class SpecLeaf:
-    """One tensor spec of an input signature, written ``"float32[?,3]"``."""
-    dtype: str
-    shape: Tuple[Optional[int], ...]
+class SpecLeaf(specs.TensorSpec):
+    """One tensor spec of an input signature, written ``"float32[?,3]"``: the package's
+    one tensor-spec type (`specs.TensorSpec`), dense and of known rank, as the schema
+    allows."""
 
     @classmethod
     def parse(cls, text: Any, path: str) -> "SpecLeaf":
@@ -109,18 +108,12 @@ class SpecLeaf:
     @classmethod
     def _read(cls, text: str, path: str) -> "SpecLeaf":
         """A leaf the schema accepted; only the rank is left to check."""
-        dtype, dims = text.strip()[:-1].split("[", 1)
-        shape = tuple(None if d.strip() in ("?", "None") else int(d)
-                      for d in dims.split(",")) if dims.strip() else ()
-        if len(shape) > MAX_RANK:
-            raise ConfigError(path, f"rank {len(shape)} is over the limit of {MAX_RANK}",
+        leaf = cls.from_text(text)
+        if len(leaf.shape) > MAX_RANK:
+            raise ConfigError(path, f"rank {len(leaf.shape)} is over the limit of {MAX_RANK}",
                               text, f"at most {MAX_RANK} dimensions",
                               "reshape the input to fewer dimensions")
-        return cls(dtype.strip(), shape)
-
-    def __str__(self) -> str:
-        dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.dtype}[{dims}]"
+        return leaf
 
 
 Signature = Union[SpecLeaf, List["Signature"], Dict[str, "Signature"]]
