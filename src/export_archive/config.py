@@ -95,6 +95,11 @@ MAX_RANK = 32                                  # dimensions of one tensor spec
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
+def _after_prefix(text: str, prefix: str) -> Optional[str]:
+    """What follows `prefix` in `text`, or None when `text` does not start with it."""
+    return text[len(prefix):] if text.startswith(prefix) else None
+
+
 class SpecLeaf(specs.TensorSpec):
     """One tensor spec of an input signature, written ``"float32[?,3]"``: the package's
     one tensor-spec type (`specs.TensorSpec`), dense and of known rank, as the schema
@@ -184,9 +189,7 @@ class EndpointConfig:
     @property
     def signature_name(self) -> Optional[str]:
         """For ``fn: "signature:NAME"``, the source signature's NAME."""
-        if self.fn.startswith(FN_SIGNATURE_PREFIX):
-            return self.fn[len(FN_SIGNATURE_PREFIX):]
-        return None
+        return _after_prefix(self.fn, FN_SIGNATURE_PREFIX)
 
     @property
     def factory(self) -> Optional[Tuple[str, str]]:
@@ -243,9 +246,7 @@ class VariableCollectionConfig:
 
     @property
     def layer_name(self) -> Optional[str]:
-        if self.source.startswith(VARIABLE_SOURCE_LAYER_PREFIX):
-            return self.source[len(VARIABLE_SOURCE_LAYER_PREFIX):]
-        return None
+        return _after_prefix(self.source, VARIABLE_SOURCE_LAYER_PREFIX)
 
     @classmethod
     def from_json(cls, obj: Dict[str, Any], path: str = "") -> "VariableCollectionConfig":
