@@ -1174,10 +1174,12 @@ def test_bad_input_gets_one_clear_paragraph(name, fx, tmp_path, capsys):
     argv, where = c.build(fx, tmp)
     output = argv[argv.index("--output") + 1] if "--output" in argv else None
     before = _state(output) if output else None
-    started = time.monotonic()
+    # CPU time of this process, not wall time: the suite shares a small machine, and
+    # what is guarded (refused at the count, before 10,000 endpoints are read) is work.
+    started = time.process_time()
     with (as_nobody() if c.nobody else contextlib.nullcontext()):
         code = cli.main(argv)
-    elapsed = time.monotonic() - started
+    elapsed = time.process_time() - started
     out, err = capsys.readouterr()
     assert code == c.code, f"exit {code}, expected {c.code}:\n{err}"
     assert "Traceback" not in out
@@ -1186,7 +1188,7 @@ def test_bad_input_gets_one_clear_paragraph(name, fx, tmp_path, capsys):
         assert _state(output) == before, "a failed export changed its output path"
         assert not _staging_leftovers(output)
     if name == "config_ten_thousand_endpoints":
-        assert elapsed < 5, f"took {elapsed:.1f} s to refuse"
+        assert elapsed < 5, f"took {elapsed:.1f} CPU s to refuse"
 
 
 def test_there_are_at_least_sixty_cases():
