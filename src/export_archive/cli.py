@@ -377,14 +377,16 @@ def _tensorflow_loading_quietly():
 def main(argv: Optional[List[str]] = None) -> int:
     quiet_native_logs(argv)
     record = publish.PublishRecord()   # tells an interrupted export what it did
+    # Parsed before the handlers go in (it changes nothing), so that from the first
+    # signal they catch, the record knows which output an interruption leaves alone.
+    args = _parser().parse_args(argv)
+    args.record = record
+    if args.command == "export":
+        record.output_dir = args.output
+    command = {"export": _cmd_export, "describe": _cmd_describe,
+               "check": _cmd_check, "diff": _cmd_diff}
     try:
         with interrupt.raising_on_signals():
-            args = _parser().parse_args(argv)
-            args.record = record
-            if args.command == "export":
-                record.output_dir = args.output
-            command = {"export": _cmd_export, "describe": _cmd_describe,
-                       "check": _cmd_check, "diff": _cmd_diff}
             return _run(command[args.command], args)
     except interrupt.Interrupted as e:
         return _interrupted(e, record)

@@ -40,6 +40,17 @@ def _staging(parent, pid=None):
     return [n for n in fm.staging_leftovers(parent) if pid is None or f".tmp-{pid}-" in n]
 
 
+def _catches_sigterm(pid):
+    """True once process `pid` has a SIGTERM handler (the SigCgt mask of
+    /proc/PID/status), or is gone (its outcome is judged anyway)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def _wait_point(point, parent, out, pid, before):
     def inode():
         try:
@@ -47,7 +58,10 @@ def _wait_point(point, parent, out, pid, before):
         except FileNotFoundError:
             return None
     if point == "loading":
-        time.sleep(0.3)   # handlers are installed within a millisecond of the fork
+        # Once the export's handlers are in place (interrupt.SIGNALS: SIGINT, then
+        # SIGTERM, which Python does not catch by default). A fixed sleep was too short
+        # for a child not yet scheduled on a loaded machine.
+        assert fm.wait_for(lambda: _catches_sigterm(pid))
     elif point == "writing":
         assert fm.wait_for(lambda: _staging(parent, pid) or inode() != before)
     elif point == "publishing":
