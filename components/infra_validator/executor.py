@@ -38,6 +38,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from export_archive.components.infra_validator import request_check, spec
+from export_archive.constants import DEFAULT_SIGNATURE
 from export_archive.components.infra_validator.local_process import (
     SERVER_REPORTED, LocalProcessConfig, LocalProcessRunner, tail)
 
@@ -238,7 +239,7 @@ def _describe(e: BaseException) -> str:
 
 def _describe_request_failure(request, index: int, total: int, error: Exception) -> str:
     kind = type(request).__name__.replace("Request", "")
-    signature = request.model_spec.signature_name or "serving_default"
+    signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
     rpc = _rpc_error(error)
     reason = f"{rpc.code().name}: {rpc.details()}" if rpc is not None else str(error.__cause__
                                                                                  or error)
