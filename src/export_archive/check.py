@@ -132,10 +132,11 @@ def features_from_examples(inputs: Dict[str, str], records: List[bytes]
     every input is a feature of the records; None otherwise (then synthesized)."""
     if not records:
         return None
-    spec = {}
+    dtypes, spec = {}, {}
     for key, text in inputs.items():
         tensor = TensorSpec.from_text(text)
         dtype, dims = tensor.dtype, (tensor.shape or ())[1:]
+        dtypes[key] = dtype
         # tf.Example holds only float, int64 and bytes: parse as those, then cast.
         parse_dtype = (tf.string if dtype == "string" else
                        tf.float32 if tf.as_dtype(dtype).is_floating else tf.int64)
@@ -157,7 +158,7 @@ def features_from_examples(inputs: Dict[str, str], records: List[bytes]
             if value.shape[-1] == 0:
                 return None   # no record has this feature: not an example feature
         np_value = value.numpy()
-        dtype = TensorSpec.from_text(inputs[key]).dtype
+        dtype = dtypes[key]
         out[key] = np_value.astype(object if dtype == "string" else tf.as_dtype(dtype)
                                    .as_numpy_dtype)
     return out
