@@ -43,6 +43,9 @@ setup(
         "keras>=3.12,<3.16",
         "tf-keras>=2.16,<2.22",
         "absl-py",
+        # CRC32C of checkpoint tensors read in slices (checkpoint_weights.py), as
+        # TensorFlow's own reader checks them; google-cloud-storage's checksum library.
+        "google-crc32c>=1.9,<2",
         "jinja2>=3",      # the export report's templates (report.py)
         "jsonschema>=4",  # the config's JSON Schema is its one source of truth
     ],

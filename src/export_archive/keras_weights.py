@@ -20,7 +20,7 @@ of `STREAM_BYTES` or more:
   the page cache holds it, not the process) instead of reading it into a buffer;
 - the statement `variable.assign(store[key])` (how Keras layers and optimizers load each
   variable) receives a handle on the dataset, and the assignment copies it into the
-  existing variable slice by slice, in place (`ResourceStridedSliceAssign`), so no copy of
+  existing variable slice by slice, in place (`ResourceScatterUpdate` by row), so no copy of
   the whole table is ever made.
 Everything else (small variables, other dtypes, other statements that read the store,
 sharded stores) goes through Keras unchanged. The result is the same model, the same
@@ -51,8 +51,9 @@ STREAM_BYTES = 64 * 1024 * 1024
 # noise next to a table, large enough that 1000 slices of an 8 GiB table cost nothing.
 SLICE_BYTES = 8 * 1024 * 1024
 
-# Patching classes is process-wide; two loads at once must not undo each other's patch.
-_LOCK = threading.Lock()
+# Patching classes is process-wide; two loads at once must not undo each other's patch
+# (reentrant: checkpoint_weights patches under it too).
+LOCK = threading.RLock()
 
 
 class StreamedDataset:
@@ -82,18 +83,20 @@ class StreamedDataset:
         """Copies the dataset into `variable` slice by slice along its first axis."""
         row_bytes = max(1, int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize)
         rows = max(1, SLICE_BYTES // row_bytes)
-        rank = len(self.shape)
-        # end_mask: every axis after the first runs to its end.
-        end_mask = sum(1 << axis for axis in range(1, rank))
         for start in range(0, self.shape[0], rows):
             stop = min(start + rows, self.shape[0])
-            # Not `variable[a:b].assign(...)`: that slice helper reads the variable's
-            # value first, and the extra reference makes TF copy the whole buffer
-            # before writing (measured: 2x). The raw op on the handle writes in place.
-            tf.raw_ops.ResourceStridedSliceAssign(
-                ref=variable.handle, begin=[start] + [0] * (rank - 1),
-                end=[stop] + [0] * (rank - 1), strides=[1] * rank,
-                value=self.dataset[start:stop], end_mask=end_mask)
+            assign_rows(variable.handle, start, self.dataset[start:stop])
+
+
+def assign_rows(handle: Any, start: int, values: Any) -> None:
+    """Writes `values` into the variable behind `handle` from row `start` on, in place."""
+    # Not `variable[a:b].assign(...)`: that slice helper reads the variable's value first,
+    # and the extra reference makes TF copy the whole buffer before writing (measured:
+    # 2x). A scatter by row on the handle writes in place and copies row by row: 8x
+    # faster than ResourceStridedSliceAssign, which walks the elements (0.19 against
+    # 1.47 s per GiB, measured).
+    tf.raw_ops.ResourceScatterUpdate(
+        resource=handle, indices=tf.range(start, start + len(values), dtype=tf.int64), updates=values)
 
 
 def _is_assign_statement(frame) -> bool:
@@ -138,7 +141,7 @@ def _keras_internals():
 
 
 @contextlib.contextmanager
-def _patched(owner: Any, replacements: dict) -> Iterator[None]:
+def patched(owner: Any, replacements: dict) -> Iterator[None]:
     """Sets attributes on `owner` and puts back exactly what was there (an inherited
     method is deleted again rather than copied onto the subclass)."""
     saved = {name: owner.__dict__.get(name, _ABSENT) for name in replacements}
@@ -226,10 +229,10 @@ def lean_weights() -> Iterator[bool]:
             return False
         return stock_sufficient(model)
 
-    with _LOCK, _patched(store_class, {"__getitem__": getitem}), \
-            _patched(variable_class, {"assign": assign,
+    with LOCK, patched(store_class, {"__getitem__": getitem}), \
+            patched(variable_class, {"assign": assign,
                                       "_initialize_with_initializer": initialize}), \
-            _patched(saving_lib, {"is_memory_sufficient": sufficient}):
+            patched(saving_lib, {"is_memory_sufficient": sufficient}):
         yield True
     for variable, initializer in awaiting_file.values():
         variable.assign(initializer(variable.shape, dtype=variable.dtype))

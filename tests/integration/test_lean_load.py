@@ -6,10 +6,7 @@ hold the biggest table about once while loading, where stock Keras holds it four
 five times (bench/bench_scale.py).
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,10 +18,9 @@ if not keras.__version__.startswith("3."):
 from export_archive import keras_weights  # noqa: E402
 from export_archive import sources  # noqa: E402
 from export_archive.config import ExportConfig  # noqa: E402
+from helpers.load_peak import TABLE_BYTES, TABLE_ROWS, half_filled_table, peak_growth  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 
 
 def mixed_model():
@@ -121,16 +117,8 @@ def test_a_streamed_dataset_read_whole_elsewhere_is_the_array(tmp_path):
 
 
 PEAK_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, sys.argv[3])
-import warnings; warnings.filterwarnings("ignore")
 import keras, tensorflow as tf
 from export_archive import keras_weights
-
-def status(field):   # bytes; VmHWM is this process's own high-water mark (ru_maxrss
-    for line in open("/proc/self/status"):   # also counts the parent's RSS at fork)
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
 
 before = status("VmRSS")
 if sys.argv[2] == "lean":
@@ -144,28 +132,17 @@ print(json.dumps({"peak_growth": status("VmHWM") - before, "start": before,
 """
 
 
-def peak_growth(path, mode):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, path, mode, SRC], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def test_the_table_is_held_once_while_loading(tmp_path):
     """Peak RSS growth of the load: the kernel's high-water mark (VmHWM, exact, not a
     poll) over the RSS once TF and Keras are imported (their import peaks lower)."""
-    rows, dim = 1 << 19, 64                      # 128 MiB of float32
-    table_bytes = rows * dim * 4
-    model = keras.Sequential([keras.Input((), dtype="int32"),
-                              keras.layers.Embedding(rows, dim, name="table")])
-    model.get_layer("table").embeddings.assign(np.full((rows, dim), 0.5, "float32"))
+    model = half_filled_table(keras)
     path = str(tmp_path / "table.keras")
     model.save(path)
     del model
 
-    lean, stock = peak_growth(path, "lean"), peak_growth(path, "stock")
-    assert lean["sum"] == stock["sum"] == rows * 0.5
+    lean, stock = peak_growth(PEAK_SCRIPT, path, "lean"), peak_growth(PEAK_SCRIPT, path, "stock")
+    assert lean["sum"] == stock["sum"] == TABLE_ROWS * 0.5
     # The variable itself is one copy; slices and TF's bookkeeping add a little.
-    assert lean["peak_growth"] < 1.5 * table_bytes, lean
+    assert lean["peak_growth"] < 1.5 * TABLE_BYTES, lean
     # Stock Keras holds the file buffer, the array and the tensor too: the test can fail.
-    assert stock["peak_growth"] > 2.5 * table_bytes, stock
+    assert stock["peak_growth"] > 2.5 * TABLE_BYTES, stock
