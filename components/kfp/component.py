@@ -119,6 +119,9 @@ def model_exporter(
     # KFP compiles this body into the component: it must be self-contained, and
     # only the component image's packages (export_archive, TF, KFP) are available.
     import export_archive
+    from export_archive import memory
+    # Before TensorFlow loads: memory the export frees goes back to the system (memory.py).
+    memory.give_freed_memory_back()
     from export_archive import step
     from export_archive.examples import find_example_files
     from export_archive.sources import resolve_model_path

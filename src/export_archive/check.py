@@ -214,6 +214,9 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
     Parity needs the source model: run `export` with the check on for that.
     `requests` (entries as in the config's `check.requests`) come before all of them.
     `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
+    `release_model`: called once the in-memory model's answers are computed and before
+    the check process loads the served copy (the writer frees a model it loaded itself:
+    the two copies are then never resident together).
     """
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "
@@ -419,7 +422,8 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
               example_source: Optional[Callable[[int], List[bytes]]],
               rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
               warmup: bool = True, latency_runs: int = 20,
-              supplied=None, serving_runtime: Optional[str] = None) -> CheckReport:
+              supplied=None, serving_runtime: Optional[str] = None,
+              release_model: Optional[Callable[[], None]] = None) -> CheckReport:
     """Warmup + contract + parity + latency for a freshly written export.
 
     `endpoint_fns` maps endpoint name -> its traced ConcreteFunction from the archive
@@ -431,6 +435,9 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     `supplied` (`user_requests.Supplied`): the user's requests, used before
     `example_source` and synthesized ones (see `user_requests`).
     `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
+    `release_model`: called once the in-memory model's answers are computed and before
+    the check process loads the served copy (the writer frees a model it loaded itself:
+    the two copies are then never resident together).
     """
     small, large, origins = choose(export_dir, supplied, example_source,
                                    SMALL_BATCH, LARGE_BATCH)
@@ -440,6 +447,10 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
     inference = [log for log in small + large if not is_training(log)]
     trainers = [log for log in small + large if is_training(log)]
     probe = [next(log for log in large if not is_training(log))] if trainers and inference else []
+    large_inputs = {signature_name(log): _request_inputs(log) for log in large}
+    expected = _in_memory_answers(endpoint_fns, training, large_inputs)
+    if release_model is not None:
+        release_model()
     contract = run_contract(export_dir, inference + trainers + probe, latency_runs=latency_runs)
     results, runs = _split_runs(contract["results"])
     results += runtimes.check_rows(export_dir, serving_runtime)
@@ -471,7 +482,6 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
              "would shift inference results; drop the training endpoint or freeze those "
              "layers") if changed else "training-mode calls leave inference unchanged"))
         responses[name] = responses[name][:-1]
-    large_inputs = {signature_name(log): _request_inputs(log) for log in large}
     for name, concrete in endpoint_fns.items():
         if len(responses.get(name, [])) < 2:
             continue  # its run failed; that row already says why
@@ -480,13 +490,30 @@ def run_check(export_dir: str, endpoint_fns: Dict[str, Any], training: Dict[str,
             # Never call a training function in memory: it would update the user's model.
             results.append(compare_specs(name, concrete, served))
         else:
-            expected = in_memory_outputs(concrete, large_inputs[name])
-            results.append(compare(name, expected, served, rtol, atol))
+            if isinstance(expected[name], Exception):
+                raise expected[name]   # the model failed where the server did not
+            results.append(compare(name, expected[name], served, rtol, atol))
     if warmup:
         results.append(CheckRow("warmup_written", "", True,
                                 f"{len(small)} requests in {WARMUP_FILE}" if small else
                                 "no warmup file: no endpoint was exercised"))
     return CheckReport(results)
+
+
+def _in_memory_answers(endpoint_fns: Dict[str, Any], training: Dict[str, bool],
+                       large_inputs: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Any]:
+    """Each inference endpoint's in-memory outputs on its large request, or the error
+    computing them raised: it matters only if the served model answers that request
+    (otherwise the failing run's row says why), so it is raised then, not now."""
+    answers: Dict[str, Any] = {}
+    for name, concrete in endpoint_fns.items():
+        if training.get(name, False) or name not in large_inputs:
+            continue
+        try:
+            answers[name] = in_memory_outputs(concrete, large_inputs[name])
+        except (tf.errors.OpError, ValueError, TypeError) as e:
+            answers[name] = e
+    return answers
 
 
 def compare_specs(name: str, concrete, served: Dict[str, np.ndarray]) -> CheckRow:

@@ -30,7 +30,8 @@ from typing import List, Optional
 # Modules that import no TensorFlow. The others are imported in the commands, inside
 # `_tensorflow_loading_quietly` and after `contract_process.prestart_for`: the check's
 # process is forked from this one right after TensorFlow loads (contract_process).
-from export_archive import __version__, contract, contract_process, interrupt, publish
+from export_archive import (__version__, contract, contract_process, interrupt, memory,
+                            publish)
 from export_archive.config import ConfigError, ExportConfig, InputError, check_allowed_breaks
 from export_archive.rows import failure_lines
 from export_archive.runtimes import (FLAG_PATH, parse_serving_runtime,
@@ -376,6 +377,7 @@ def _tensorflow_loading_quietly():
 
 def main(argv: Optional[List[str]] = None) -> int:
     quiet_native_logs(argv)
+    memory.give_freed_memory_back()
     record = publish.PublishRecord()   # tells an interrupted export what it did
     # Parsed before the handlers go in (it changes nothing), so that from the first
     # signal they catch, the record knows which output an interruption leaves alone.

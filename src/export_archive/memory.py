@@ -11,10 +11,14 @@ Only the standard library, so its unit tests and callers import no TensorFlow.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional
 
 from export_archive.errors import InputError
 
+# TensorFlow's switch for oneDNN, read once when TensorFlow is imported.
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 MEMINFO = "/proc/meminfo"
 # cgroup v2 (containers, Kubernetes pods, Vertex custom jobs): the limit and the usage.
 CGROUP_LIMIT = "/sys/fs/cgroup/memory.max"
@@ -112,3 +116,22 @@ def _read_int(path: str) -> Optional[int]:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def give_freed_memory_back() -> bool:
+    """Makes TensorFlow, imported after this, return the memory it frees to the system.
+    True if it will; False if the user set TF_ENABLE_ONEDNN_OPTS or TensorFlow is loaded.
+
+    With oneDNN on (TF's default on x86 CPUs), TF's CPU allocator is a pool (BFC) that
+    keeps every buffer it frees for the life of the process: the load's temporaries and
+    the weights the export frees before the serving check (writer._release_weights)
+    would stay resident while the check's process loads the served copy, and a machine
+    for the export would need both. An export does almost no arithmetic, so the
+    processes that run one (the CLI, the KFP step) run TensorFlow without oneDNN unless
+    the user chose otherwise.
+    """
+    if "tensorflow" in sys.modules or ONEDNN_ENV in os.environ:
+        return False
+    os.environ[ONEDNN_ENV] = "0"
+    return True
+

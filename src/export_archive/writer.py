@@ -15,8 +15,8 @@ import tensorflow as tf
 from absl import logging
 
 from export_archive import (archive, contract, contract_process, describe, endpoints,
-                            memory, publish, servable_outputs, tracking, user_requests,
-                            vocabularies)
+                            keras_weights, memory, publish, servable_outputs, tracking,
+                            user_requests, vocabularies)
 # Named apart from `export`'s `check` argument, which would hide the module there.
 from export_archive import check as serving_check
 from export_archive.config import ConfigError, ExportConfig
@@ -196,6 +196,9 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
     # model load, trace and write below (a no-op if the CLI started it already).
     run_check = contract_process.prestart_for(config, check)
     source = ModelSource.wrap(model, config)
+    # Loaded here from a path: nobody else holds it, so the serving check may free its
+    # weights once their answers are known (see `_release_weights`).
+    owned_model = isinstance(model, (str, os.PathLike))
     # From tracing until written, the model's lookup vocabularies are asset files,
     # not graph constants (vocabularies.py); the model is given back unchanged.
     with vocabularies.as_assets(source.trackables()):
@@ -258,7 +261,8 @@ def export(model: Any, config: Union[ExportConfig, dict, str], output_dir: str, 
             if run_check:
                 # On the staging directory: a failing export (mode "fail") is never renamed
                 # into place, so nothing half-checked can be pushed.
-                report = _serving_check(path, built, config, example_builder)
+                report = _serving_check(path, built, config, example_builder,
+                                        release=owned_model)
                 reports.append(report)
                 if not report.passed and options_check.get("mode", "fail") == "fail":
                     raise serving_check.CheckFailed(report)
@@ -296,7 +300,7 @@ def _baseline_dir(path: str) -> str:
     return resolved
 
 
-def _serving_check(path, built: BuiltArchive, config, example_builder):
+def _serving_check(path, built: BuiltArchive, config, example_builder, release: bool):
     fns = {name: built.traced_endpoint(name) for name in built.endpoint_names}
     options = config.check_dict
     example_source = getattr(example_builder, "example_source", None)
@@ -309,7 +313,31 @@ def _serving_check(path, built: BuiltArchive, config, example_builder):
         rtol=options.get("rtol", serving_check.DEFAULT_RTOL),
         atol=options.get("atol", serving_check.DEFAULT_ATOL),
         warmup=options.get("warmup", True), supplied=supplied,
-        serving_runtime=config.serving_runtime)
+        serving_runtime=config.serving_runtime,
+        release_model=(lambda: _release_weights(built)) if release else None)
+
+
+def _release_weights(built: BuiltArchive) -> None:
+    """Frees the buffers of the model's big variables once the export no longer needs
+    them: written, and the in-memory answers the parity compares with computed.
+
+    Only for a model this export loaded from a path, before the serving check's process
+    loads the served copy: without it the two copies are resident together, and a
+    machine for the check needs twice the weights (bench/bench_scale.py). Each variable
+    keeps its object and shape; its buffer becomes an empty tensor, so the model must not
+    be called again (nothing calls it: the export returns its result, and a split
+    parity's Beam workers load the model from its path).
+    """
+    for variable in getattr(built.archive, "variables", None) or []:
+        variable = archive.unwrap_variable(variable)
+        try:
+            dtype, shape = tf.as_dtype(variable.dtype), variable.shape
+            big = shape.num_elements() * dtype.size >= keras_weights.STREAM_BYTES
+        except (AttributeError, TypeError, ValueError):
+            continue   # not a tf.Variable of a known shape
+        if big and dtype.is_numpy_compatible and dtype != tf.string:
+            tf.raw_ops.AssignVariableOp(resource=variable.handle, value=tf.zeros(
+                [0] * shape.rank, dtype), validate_shape=False)
 
 
 def _result(output_dir, source, config, collections) -> ExportResult:
