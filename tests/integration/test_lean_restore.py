@@ -8,6 +8,7 @@ TensorFlow holds it about three times (bench/bench_scale.py).
 """
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -38,9 +39,11 @@ def small_stream(monkeypatch):
     return streamed
 
 
-def trained_tf_keras(path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
     """An Embedding, a Conv2D, BatchNorm stats and Adam slots after one step, saved as a
-    SavedModel the way a TFX Trainer saves it; random values everywhere."""
+    SavedModel the way a TFX Trainer saves it; random values everywhere. (path, inputs)"""
+    path = str(tmp_path_factory.mktemp("trained") / "model")
     rng = np.random.default_rng(0)
     ids = tf_keras.Input(shape=(3,), dtype="int64", name="ids")
     image = tf_keras.Input(shape=(6, 6, 2), name="image")
@@ -57,12 +60,15 @@ def trained_tf_keras(path):
     for weight in model.weights:
         weight.assign(rng.normal(size=weight.shape).astype(weight.dtype.as_numpy_dtype))
     model.save(path, save_format="tf")
-    return x
+    return path, x
 
 
-def test_a_tf_keras_savedmodel_loads_as_stock(tmp_path, small_stream):
-    path = str(tmp_path / "model")
-    x = trained_tf_keras(path)
+def copy_of(trained, tmp_path):
+    return shutil.copytree(trained[0], str(tmp_path / "model"))
+
+
+def test_a_tf_keras_savedmodel_loads_as_stock(trained, small_stream):
+    path, x = trained
     stock = tf_keras.models.load_model(path)
     lean = sources.load(path, ExportConfig.parse({"endpoints": [{"name": "serve"}]})).obj
     assert any("/embeddings/" in n for n in small_stream), small_stream
@@ -107,9 +113,8 @@ def test_a_plain_savedmodel_loads_as_stock(tmp_path, small_stream, shard_bytes):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_a_damaged_shard_is_refused_as_tensorflow_refuses_it(tmp_path, small_stream):
-    path = str(tmp_path / "model")
-    trained_tf_keras(path)
+def test_a_damaged_shard_is_refused_as_tensorflow_refuses_it(trained, tmp_path, small_stream):
+    path = copy_of(trained, tmp_path)
     entries = checkpoint_weights.read_bundle_index(os.path.join(path, "variables", "variables"))
     table = next(e for k, e in entries.items() if "/embeddings/" in k)
     data = os.path.join(path, "variables", "variables.data-00000-of-00001")
@@ -125,9 +130,8 @@ def test_a_damaged_shard_is_refused_as_tensorflow_refuses_it(tmp_path, small_str
         tf_keras.models.load_model(path)
 
 
-def test_a_truncated_shard_is_refused(tmp_path, small_stream):
-    path = str(tmp_path / "model")
-    trained_tf_keras(path)
+def test_a_truncated_shard_is_refused(trained, tmp_path, small_stream):
+    path = copy_of(trained, tmp_path)
     data = os.path.join(path, "variables", "variables.data-00000-of-00001")
     os.truncate(data, os.path.getsize(data) // 2)
     with pytest.raises(SourceError, match="variables"):
