@@ -214,9 +214,6 @@ def check_saved_model(export_dir: str, example_files: Optional[List[str]] = None
     Parity needs the source model: run `export` with the check on for that.
     `requests` (entries as in the config's `check.requests`) come before all of them.
     `serving_runtime` ("2.15"): also check the ops against that TF (`runtimes`).
-    `release_model`: called once the in-memory model's answers are computed and before
-    the check process loads the served copy (the writer frees a model it loaded itself:
-    the two copies are then never resident together).
     """
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{export_dir} is not a SavedModel directory: "

@@ -637,7 +637,7 @@ def load(path: str, config: ExportConfig) -> ModelSource:
             import keras   # optional: the flavor's Keras only
             # Big tables are streamed from the file into the variables: one copy in
             # memory instead of four or five (keras_weights.py).
-            with keras_weights.lean_weights():
+            with keras_weights.lean_weights(model_path):
                 model = keras.saving.load_model(model_path, safe_mode=safe_mode)
             return ModelSource(model, KERAS3, model_path)
         if flavor == TF_KERAS or keras2_dir:
@@ -670,8 +670,10 @@ def load(path: str, config: ExportConfig) -> ModelSource:
             model_path, f"cannot be loaded: {error_summary(e)}",
             fix="if it uses custom layers, list the module that registers them in "
                 "\"import_modules\"") from None
-    except (OSError, KeyError, EOFError, RuntimeError, IndexError, tf.errors.OpError) as e:
+    except (OSError, KeyError, EOFError, RuntimeError, IndexError, zipfile.BadZipFile,
+            tf.errors.OpError) as e:
         # What a damaged file makes the loaders raise: h5py/zip OSError and KeyError,
+        # zipfile's BadZipFile (a weights member whose CRC-32 fails),
         # TensorFlow's DataLossError (corrupt variables) and FileNotFoundError (missing
         # variables/), IndexError ("Read less bytes than requested": a truncated
         # variables.data shard), protobuf's parse errors. The file is at fault, not

@@ -7,6 +7,8 @@ five times (bench/bench_scale.py).
 """
 
 import os
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ if not keras.__version__.startswith("3."):
 from export_archive import keras_weights  # noqa: E402
 from export_archive import sources  # noqa: E402
 from export_archive.config import ExportConfig  # noqa: E402
+from export_archive.saved_model_io import SourceError  # noqa: E402
 from helpers.load_peak import TABLE_BYTES, TABLE_ROWS, half_filled_table, peak_growth  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -52,13 +55,21 @@ def test_lean_load_gives_the_stock_model(tmp_path, monkeypatch):
     # Small enough that the table (64 KiB) streams, in several slices of 16 KiB.
     monkeypatch.setattr(keras_weights, "STREAM_BYTES", 16 * 1024)
     monkeypatch.setattr(keras_weights, "SLICE_BYTES", 16 * 1024)
-    streamed = []
+    streamed, in_place, extracted = [], [], []
     assign_into = keras_weights.StreamedDataset.assign_into
     monkeypatch.setattr(keras_weights.StreamedDataset, "assign_into",
                         lambda self, v: (streamed.append(self.shape), assign_into(self, v)))
+    stored_member = keras_weights.stored_member
+    monkeypatch.setattr(keras_weights, "stored_member",
+                        lambda *a: in_place.append(a[1]) or stored_member(*a))
+    extract = zipfile.ZipFile.extract
+    monkeypatch.setattr(zipfile.ZipFile, "extract",
+                        lambda self, *a, **k: extracted.append(a) or extract(self, *a, **k))
     lean = sources.load(path, ExportConfig.parse({"endpoints": [{"name": "serve"}]})).obj
 
     assert (1000, 16) in streamed, "the table was not streamed"
+    # Read in place from the archive: not extracted to disk first.
+    assert in_place == ["model.weights.h5"] and extracted == [], (in_place, extracted)
     assert len(lean.weights) == len(stock.weights)
     for a, b in zip(stock.weights, lean.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
@@ -146,3 +157,25 @@ def test_the_table_is_held_once_while_loading(tmp_path):
     assert lean["peak_growth"] < 1.5 * TABLE_BYTES, lean
     # Stock Keras holds the file buffer, the array and the tensor too: the test can fail.
     assert stock["peak_growth"] > 2.5 * TABLE_BYTES, stock
+
+
+def test_a_damaged_weights_member_is_refused(tmp_path, monkeypatch):
+    """Read in place, the weights file is checked against the archive's CRC-32 first, as
+    zipfile checks a member it reads whole: a flipped byte is refused, not loaded."""
+    model, _ = mixed_model()
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("model.weights.h5")
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_bytes, extra_bytes = struct.unpack("<HH", f.read(4))
+        middle = info.header_offset + 30 + name_bytes + extra_bytes + info.file_size // 2
+        f.seek(middle)
+        byte = f.read(1)
+        f.seek(middle)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(keras_weights, "STREAM_BYTES", 16 * 1024)
+    with pytest.raises(SourceError, match="CRC-32"):
+        sources.load(path, ExportConfig.parse({"endpoints": [{"name": "serve"}]}))
+
