@@ -256,6 +256,16 @@ def _reads_archive_when_check_raises(saving_lib) -> bool:
     return "except:" in source and "H5IOStore(_VARS_FNAME_H5, zf" in source
 
 
+def _stores_weights_uncompressed(model_path: str) -> bool:
+    """True when the `.keras` zip stores its weights file uncompressed (as Keras writes
+    it): only such a member can be read in place; a compressed one is extracted."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            return archive.getinfo("model.weights.h5").compress_type == zipfile.ZIP_STORED
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+
+
 @contextlib.contextmanager
 def lean_weights(model_path: Optional[str] = None) -> Iterator[bool]:
     """While active, `keras.saving.load_model` streams big weights into the variables.
@@ -278,6 +288,7 @@ def lean_weights(model_path: Optional[str] = None) -> Iterator[bool]:
     stock_initialize = variable_class._initialize_with_initializer
     stock_get_h5_file = getattr(store_class, "_get_h5_file", None)
     in_place = bool(model_path and os.path.isfile(model_path) and stock_get_h5_file
+                    and _stores_weights_uncompressed(model_path)
                     and _reads_archive_when_check_raises(saving_lib))
     # Big variables created while loading start as zeros, not as their initializer's
     # random values: a random initializer allocates several temporaries of the table's

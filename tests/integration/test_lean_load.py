@@ -179,3 +179,23 @@ def test_a_damaged_weights_member_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="CRC-32"):
         sources.load(path, ExportConfig.parse({"endpoints": [{"name": "serve"}]}))
 
+
+
+def test_a_compressed_weights_member_is_extracted_not_read_in_place(tmp_path, monkeypatch):
+    """A `.keras` zip re-packed with compression (Keras itself stores) cannot be read in
+    place: Keras's extract path loads it, with the same values."""
+    model, _ = mixed_model()
+    stored, deflated = str(tmp_path / "stored.keras"), str(tmp_path / "deflated.keras")
+    model.save(stored)
+    with zipfile.ZipFile(stored) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as out:
+        for name in src.namelist():
+            out.writestr(name, src.read(name))
+    monkeypatch.setattr(keras_weights, "STREAM_BYTES", 16 * 1024)
+    in_place = []
+    stored_member = keras_weights.stored_member
+    monkeypatch.setattr(keras_weights, "stored_member",
+                        lambda *a: in_place.append(a[1]) or stored_member(*a))
+    lean = sources.load(deflated, ExportConfig.parse({"endpoints": [{"name": "serve"}]})).obj
+    assert in_place == []
+    for a, b in zip(model.weights, lean.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
