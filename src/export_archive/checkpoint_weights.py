@@ -122,7 +122,8 @@ def read_bundle_index(prefix: str) -> Optional[Dict[str, Any]]:
                     entries[""] = header
                 elif not key.startswith(b"\x00"):   # "\0name\0slice": a partitioned tensor's
                     # pieces, read by TF (their full entry lists slices: not streamed)
-                    entries[key.decode("utf-8")] = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+                    entries[key.decode("utf-8")] = (
+                        tensor_bundle_pb2.BundleEntryProto.FromString(value))
         return entries if "" in entries else None
     except (tf.errors.OpError, OSError, ValueError, IndexError, struct.error) as e:
         logging.info("Checkpoint index %s.index not read for streaming (%s); TensorFlow "
@@ -208,7 +209,8 @@ def _internals():
         return None
     variable_class = getattr(resource_variable_ops, "BaseResourceVariable", None)
     # The pure-Python CRC32C would take minutes per GiB: without its C build, TF reads.
-    if not (google_crc32c.implementation == "c" and hasattr(functional_saver, "_single_shard_restore")
+    if not (google_crc32c.implementation == "c"
+            and hasattr(functional_saver, "_single_shard_restore")
             and hasattr(variable_class, "_restore_from_tensors")
             and hasattr(saveable_object_util, "SaveableCompatibilityConverter")
             and hasattr(saveable_object_util, "TrackableSaveable")):
