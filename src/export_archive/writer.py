@@ -328,16 +328,12 @@ def _release_weights(built: BuiltArchive) -> None:
     be called again (nothing calls it: the export returns its result, and a split
     parity's Beam workers load the model from its path).
     """
-    for variable in getattr(built.archive, "variables", None) or []:
-        variable = archive.unwrap_variable(variable)
-        try:
-            dtype, shape = tf.as_dtype(variable.dtype), variable.shape
-            big = shape.num_elements() * dtype.size >= keras_weights.STREAM_BYTES
-        except (AttributeError, TypeError, ValueError):
-            continue   # not a tf.Variable of a known shape
-        if big and dtype.is_numpy_compatible and dtype != tf.string:
+    for variable, nbytes in _sized_variables(built):
+        dtype = variable.dtype
+        if (nbytes >= keras_weights.STREAM_BYTES and dtype.is_numpy_compatible
+                and dtype != tf.string):
             tf.raw_ops.AssignVariableOp(resource=variable.handle, value=tf.zeros(
-                [0] * shape.rank, dtype), validate_shape=False)
+                [0] * variable.shape.rank, dtype), validate_shape=False)
 
 
 def _result(output_dir, source, config, collections) -> ExportResult:
@@ -509,15 +505,19 @@ def _write_error_message(output_dir: str, staging: str, code: int,
             "the staging directory was removed.")
 
 
-def _variables_bytes(built: BuiltArchive) -> int:
-    total = 0
+def _sized_variables(built: BuiltArchive):
+    """(tf.Variable, its bytes) for each of the archive's variables of a known shape."""
     for variable in getattr(built.archive, "variables", None) or []:
         variable = archive.unwrap_variable(variable)
         try:
-            total += variable.shape.num_elements() * variable.dtype.size
+            nbytes = variable.shape.num_elements() * variable.dtype.size
         except (AttributeError, TypeError):
             continue   # not a tf.Variable with a known shape: leave it out
-    return total
+        yield variable, nbytes
+
+
+def _variables_bytes(built: BuiltArchive) -> int:
+    return sum(nbytes for _, nbytes in _sized_variables(built))
 
 
 def _write_remote(output_dir: str, write: Callable[[str], None]) -> None:
