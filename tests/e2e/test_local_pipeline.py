@@ -26,7 +26,7 @@ NAME = "export-archive-penguin-keras3"
 # (with it, ModelExporter re-runs against the new push; test_contract_pipeline).
 # Both runs are queued to run in the background when the session's tests are
 # collected, the second after the first (conftest.py: `main_job`, `main_job_rerun`).
-MAIN_JOB_ARGS = ["--train-steps", "10", "--no-baseline"]
+MAIN_JOB_ARGS = ["--train-steps", "30", "--no-baseline"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.tfx]
 NAME = "export-archive-penguin-keras2"
 # The run starts in the background when the session's tests are collected
 # (conftest.py: the `main_job` fixture).
-MAIN_JOB_ARGS = ["--keras", "2", "--train-steps", "10"]
+MAIN_JOB_ARGS = ["--keras", "2", "--train-steps", "30"]
 
 
 def test_keras2_pipeline_pushes_a_served_model(main_job):
